@@ -1,0 +1,1 @@
+"""Audio and video I/O (PyAV) and the lazily read frame stream."""

@@ -1,0 +1,1 @@
+"""Model catalogue, downloads, state-dict checks and wrapping engine networks for ComfyUI."""

@@ -1,0 +1,1 @@
+"""HTTP clients for the commercial APIs (OpenAI images/TTS, HeyGen, D-ID, ElevenLabs)."""
