@@ -1,0 +1,58 @@
+"""A real ComfyUI server on loopback with this pack loaded, shared by the integration tests."""
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from comfy_server import ComfyServer, find_comfyui  # scripts/ is on sys.path (tests/conftest.py)
+from comfy_client import ComfyClient
+
+
+@pytest.fixture(scope="session")
+def comfy(tmp_path_factory) -> ComfyServer:
+    """Start ComfyUI (``COMFYUI_PATH`` or the copy prepared by scripts/setup_env.sh) and stop it after."""
+    try:
+        comfyui = find_comfyui()
+    except FileNotFoundError as exc:
+        pytest.fail(str(exc))
+    server = ComfyServer(comfyui=comfyui, workdir=tmp_path_factory.mktemp("comfyui"))
+    server.start(timeout=300)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def object_info(comfy) -> dict:
+    with urllib.request.urlopen(f"{comfy.url}/object_info", timeout=60) as r:
+        return json.loads(r.read())
+
+
+@pytest.fixture(scope="session")
+def pack_nodes(comfy):
+    """The pack's node modules imported in this process (ComfyUI's modules on sys.path)."""
+    if str(comfy.comfyui) not in sys.path:
+        sys.path.append(str(comfy.comfyui))
+    from comfyui_digitalhuman import nodes
+
+    return nodes
+
+
+def run_prompt(comfy: ComfyServer, prompt: dict, events: list | None = None):
+    """Queue ``prompt`` on the test server and wait for it, recording WebSocket events."""
+    client = ComfyClient(comfy.url, timeout=900)
+    return asyncio.run(client.run(prompt, on_event=(lambda t, d: events.append((t, d))) if events is not None else None))
+
+
+def upload(comfy: ComfyServer, path: Path) -> str:
+    import aiohttp
+
+    async def go():
+        async with aiohttp.ClientSession() as s:
+            return await ComfyClient(comfy.url).upload(s, path)
+
+    return asyncio.run(go())
