@@ -1,7 +1,6 @@
 """A real ComfyUI server on loopback with this pack loaded, shared by the integration tests."""
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 import urllib.request
@@ -10,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from comfy_server import ComfyServer, find_comfyui  # scripts/ is on sys.path (tests/conftest.py)
-from comfy_client import ComfyClient
 
 
 @pytest.fixture(scope="session")
@@ -40,19 +38,3 @@ def pack_nodes(comfy):
     from comfyui_digitalhuman import nodes
 
     return nodes
-
-
-def run_prompt(comfy: ComfyServer, prompt: dict, events: list | None = None):
-    """Queue ``prompt`` on the test server and wait for it, recording WebSocket events."""
-    client = ComfyClient(comfy.url, timeout=900)
-    return asyncio.run(client.run(prompt, on_event=(lambda t, d: events.append((t, d))) if events is not None else None))
-
-
-def upload(comfy: ComfyServer, path: Path) -> str:
-    import aiohttp
-
-    async def go():
-        async with aiohttp.ClientSession() as s:
-            return await ComfyClient(comfy.url).upload(s, path)
-
-    return asyncio.run(go())

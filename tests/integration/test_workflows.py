@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import upload
+from comfy_helpers import upload
 
 pytestmark = pytest.mark.integration
 
