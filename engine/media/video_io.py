@@ -74,7 +74,7 @@ def _video_stream(container: av.container.InputContainer, path: str) -> av.video
     if not container.streams.video:
         if container.streams.audio:
             raise MediaError(f"'{path}': has only audio, no video stream (load it with DH_LoadAudio)")
-        raise MediaError(f"'{path}': has no video stream")
+        raise MediaError(f"'{path}': no video or audio found; the file is truncated, damaged or not a video")
     stream = container.streams.video[0]
     cc = stream.codec_context
     if cc is None:
