@@ -26,7 +26,7 @@ from typing import Callable, Iterator
 import av
 import numpy as np
 
-from .audio_io import read_audio_track  # noqa: F401  (re-exported: the audio of a video)
+from .audio_io import read_audio_track
 from .errors import MediaError
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".flv", ".mpg", ".mpeg", ".ts", ".gif")
@@ -251,6 +251,20 @@ class VideoSource:
                 buf = []
         if buf:
             yield np.stack(buf)
+
+    def time_range(self) -> tuple[float, float]:
+        """(start s, length s) of the source time the selected frames cover (constant frame rate assumed)."""
+        base_fps = self.force_fps or self.info.fps
+        return self.skip_first / base_fps, self.frame_count / self.fps
+
+    def read_audio(self, sample_rate: int | None = None, mono: bool = False) -> tuple[np.ndarray, int]:
+        """The audio under the selected frames (same start and length), or an empty-but-valid track."""
+        wave, sr = read_audio_track(self.path, sample_rate, mono)
+        if wave.shape[1] == 0:
+            return wave, sr
+        start, length = self.time_range()
+        a = int(round(start * sr))
+        return np.ascontiguousarray(wave[:, a:a + int(round(length * sr))]), sr
 
     def read_all(self, progress: Callable[[int, int], None] | None = None,
                  check_interrupt: Callable[[], None] | None = None) -> np.ndarray:

@@ -286,7 +286,7 @@ def write_mp4(
         padded = max(0, t_out - t_in) / prepared[1]
         a_dur = t_out / prepared[1]
         if trimmed > 0:
-            (log.warning if trimmed * fps >= 1 else log.info)("[DigitalHuman] %s: audio is %.3f s longer than the video; the tail was cut (audio_fit=pad_or_trim)", final.name, trimmed)
+            log.info("[DigitalHuman] %s: audio is %.3f s longer than the video; the tail was cut (audio_fit=pad_or_trim)", final.name, trimmed)
     assert in_size is not None
     return WrittenInfo(
         str(final), n, float(fps), in_size[0] + in_size[0] % 2, in_size[1] + in_size[1] % 2, n / float(w.rate),
