@@ -197,3 +197,13 @@ def test_paths_outside_the_input_folder(tmp_path: Path, d20: Path) -> None:
     (base / "link.mp4").symlink_to(d20)
     with pytest.raises(ValueError, match=r"resolves outside"):
         resolve_inside(base, "link.mp4")
+
+
+def test_audio_under_selected_frames(d20: Path) -> None:
+    full, sr = video_io.read_audio_track(d20)
+    src = video_io.VideoSource(d20, force_fps=12.5, skip_first=5, frame_cap=30)
+    assert src.time_range() == pytest.approx((0.4, 2.4))
+    wave, sr2 = src.read_audio()
+    assert sr2 == sr and wave.shape == (2, round(2.4 * sr))
+    start = round(0.4 * sr)
+    np.testing.assert_array_equal(wave, full[:, start:start + wave.shape[1]])
