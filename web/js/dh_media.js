@@ -119,12 +119,16 @@ app.registerExtension({
         if (nodeData.name === "DH_SaveVideo") {
             const executed = nodeType.prototype.onExecuted;
             nodeType.prototype.onExecuted = function (message) {
-                const r = executed?.apply(this, arguments);
                 const video = message?.video?.[0];
                 if (video) {
-                    this.imgs = undefined; // the MP4 is not an image: show it in a <video> instead
-                    showFile(this, "video", video);
+                    // The MP4 is listed under "images" for API clients; an <img> cannot show it, so the
+                    // node shows one <video> instead of a broken image preview.
+                    delete message.images;
+                    delete message.animated;
+                    this.imgs = undefined;
                 }
+                const r = executed?.apply(this, arguments);
+                if (video) showFile(this, "video", video);
                 return r;
             };
         }
