@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import closing
 
 
 from ..engine.media.audio_io import empty_audio
@@ -20,6 +21,23 @@ from .common import CAT_VIDEO, Progress, check_interrupt, safe_path, uint8_to_im
 log = logging.getLogger("DigitalHuman")
 
 VIDEO_STREAM = "DH_VIDEO_STREAM"
+
+
+def _check_ram_for_images(name: str, frames: int, width: int, height: int) -> None:
+    """Refuse an IMAGE batch that cannot fit in RAM with a clear error, instead of being killed."""
+    need = frames * width * height * 3 * 4 * 1.1  # float32 IMAGE, plus the uint8 decode buffer
+    try:
+        import psutil
+
+        avail = psutil.virtual_memory().available
+    except Exception:  # psutil comes with ComfyUI; without it the check is skipped
+        return
+    if need > 0.8 * avail:
+        raise MemoryError(
+            f"'{name}': {frames} frames of {width}x{height} need {need / 2**30:.1f} GiB as IMAGE but only "
+            f"{avail / 2**30:.1f} GiB RAM is free. Turn off decode_images and use the stream output, or lower "
+            "frame_load_cap / raise select_every_nth."
+        )
 
 
 class DH_LoadVideo:
@@ -60,10 +78,12 @@ class DH_LoadVideo:
                           frame_cap=frame_load_cap, select_every_nth=select_every_nth)
         stream = FrameStream(src.iter_chunks, src.fps, src.frame_count, src.width, src.height, name=f"video '{video}'")
         if decode_images:
+            _check_ram_for_images(video, src.frame_count, src.width, src.height)
             bar = Progress(src.frame_count)
             frames = src.read_all(progress=bar, check_interrupt=check_interrupt)
         else:
-            frames = next(iter(src.iter_chunks(1)))
+            with closing(src.iter_chunks(1)) as first:
+                frames = next(first)
         wave, sr = src.read_audio()
         if wave.shape[1] == 0:
             wave, sr = empty_audio()

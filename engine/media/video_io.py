@@ -16,6 +16,7 @@ so a long video needs only one chunk of frames in memory.
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 from dataclasses import dataclass
@@ -31,9 +32,12 @@ from .errors import MediaError
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".flv", ".mpg", ".mpeg", ".ts", ".gif")
 # Containers/codecs FFmpeg uses for still pictures; a video loader must refuse them clearly.
-_IMAGE_FORMATS = ("image2", "jpeg_pipe", "png_pipe", "webp_pipe", "bmp_pipe", "tiff_pipe", "gif_pipe_still")
+_IMAGE_FORMATS = ("image2", "jpeg_pipe", "png_pipe", "webp_pipe", "bmp_pipe", "tiff_pipe")
 _IMAGE_CODECS = ("mjpeg", "png", "bmp", "webp", "tiff", "jpeg2000", "targa", "qoi")
 _TS_EPS = 1e-6
+# A few frames fewer than the header says is normal (edit lists); more missing means truncation.
+_SHORT_TOLERANCE = 2
+log = logging.getLogger("DigitalHuman")
 
 
 @dataclass(frozen=True)
@@ -200,16 +204,24 @@ class VideoSource:
                     f"'{self.path}': decoding failed at frame {n} of {self.info.frame_count}; the file is truncated or "
                     f"damaged ({_ffmpeg_reason(exc)})"
                 ) from exc
-            if n < self.info.frame_count:
+            expected = self.info.frame_count
+            if expected - n > max(_SHORT_TOLERANCE, 0.02 * expected):
                 raise MediaError(
-                    f"'{self.path}': the video ended after {n} of {self.info.frame_count} frames; the file is truncated or damaged"
+                    f"'{self.path}': the video ended after {n} of {expected} frames; the file is truncated or damaged"
                 )
+            if n < expected:  # e.g. an edit list hides a few frames the header counts
+                log.warning("[DigitalHuman] %s: %d of %d frames decodable; the last one is repeated", self.path, n, expected)
 
     def _base_frames(self) -> Iterator[np.ndarray]:
         """Frames before skip/nth/cap: every decoded frame, or the force_fps timeline."""
         if not self.force_fps:
+            n, img = 0, None
             for _, img in self._decoded():
                 yield img
+                n += 1
+            while img is not None and n < self.base_count:  # keep the promised count (see _decoded)
+                yield img
+                n += 1
             return
         i, held = 0, None
         for ts, img in self._decoded():

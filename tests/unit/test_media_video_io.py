@@ -207,3 +207,22 @@ def test_audio_under_selected_frames(d20: Path) -> None:
     assert sr2 == sr and wave.shape == (2, round(2.4 * sr))
     start = round(0.4 * sr)
     np.testing.assert_array_equal(wave, full[:, start:start + wave.shape[1]])
+
+
+@pytest.mark.parametrize("claimed, ok", [(177, True), (200, False)])
+def test_header_count_a_little_high_is_tolerated(d20: Path, d20_frames: np.ndarray, claimed: int, ok: bool) -> None:
+    """Edit lists can hide a frame or two the header counts; many missing frames mean truncation."""
+    import dataclasses
+
+    src = video_io.VideoSource(d20, skip_first=170)
+    src.info = dataclasses.replace(src.info, frame_count=claimed)
+    src.base_count = claimed
+    src.frame_count = claimed - 170
+    if ok:
+        got = src.read_all()
+        assert len(got) == 7
+        np.testing.assert_array_equal(got[:5], d20_frames[170:])
+        np.testing.assert_array_equal(got[5:], d20_frames[[174, 174]])
+    else:
+        with pytest.raises(MediaError, match=r"d20\.mp4.*ended after 175 of 200 frames"):
+            src.read_all()
