@@ -27,21 +27,25 @@ function mediaPreview(node, kind) {
     const el = document.createElement(kind);
     Object.assign(el, { controls: true, loop: kind === "video", muted: kind === "video", preload: "metadata" });
     el.style.width = "100%";
-    if (kind === "video") el.style.maxHeight = "100%";
+    if (kind === "video") el.style.objectFit = "contain";
+    // Preferred height from the node width and the video's aspect ratio (audio: one control bar).
+    const prefHeight = () => {
+        if (kind === "audio") return 54;
+        const ratio = el.videoWidth ? el.videoHeight / el.videoWidth : 1;
+        return Math.max(80, Math.min(768, (node.size[0] - 20) * ratio + 20));
+    };
     const widget = node.addDOMWidget("dh_preview", "preview", el, {
         serialize: false,
         hideOnZoom: false,
         getValue() { return undefined; },
         setValue() {},
+        getMinHeight: () => (kind === "audio" ? 54 : 80),
+        getHeight: prefHeight,
     });
     widget.serializeValue = () => undefined;
-    widget.computeSize = (width) => {
-        if (kind === "audio") return [width, 54];
-        const ratio = el.videoWidth ? el.videoHeight / el.videoWidth : 1;
-        return [width, Math.max(80, Math.min(512, width * ratio))];
-    };
     el.addEventListener("loadedmetadata", () => {
-        node.setSize?.([node.size[0], node.computeSize()[1]]);
+        const need = node.computeSize()[1] + prefHeight();
+        if (node.size[1] < need) node.setSize([node.size[0], need]);
         app.graph.setDirtyCanvas(true, true);
     });
     node._dhPreview = { kind, el, widget };
