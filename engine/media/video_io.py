@@ -1,6 +1,6 @@
 """Video probing and lazily decoded reading with PyAV (no system ffmpeg needed).
 
-Frame selection, applied in this order (the same order as VideoHelperSuite's loader):
+Frame selection, applied in this order:
 
 1. ``force_fps`` (> 0) resamples time: output frame ``i`` shows the source frame whose
    timestamp is the latest one at or before ``i / force_fps`` (timestamps measured from the
