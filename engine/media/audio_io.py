@@ -1,0 +1,106 @@
+"""Audio decoding with PyAV (wav, mp3, flac, m4a/aac, ogg/vorbis/opus, and audio tracks of videos).
+
+Samples come back as float32 ``[C, T]`` in -1..1 with their sample rate. Resampling uses
+FFmpeg's swresample through PyAV (streamed, so only the decoded result is held in memory);
+``mono`` averages the channels, so a stereo file with one silent side gets half the level,
+which is the neutral choice (no channel is preferred).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import av
+import numpy as np
+
+from .errors import MediaError
+
+AUDIO_EXTENSIONS = (".wav", ".mp3", ".flac", ".m4a", ".aac", ".ogg", ".opus", ".oga", ".webm", ".mka")
+EMPTY_SAMPLE_RATE = 44100
+
+
+def empty_audio(sample_rate: int = EMPTY_SAMPLE_RATE) -> tuple[np.ndarray, int]:
+    """A valid, zero-length mono track: what a video without sound has."""
+    return np.zeros((1, 0), dtype=np.float32), int(sample_rate)
+
+
+def _open(path: str | os.PathLike) -> av.container.InputContainer:
+    p = Path(path)
+    if not p.is_file():
+        raise MediaError(f"'{p}': file not found")
+    try:
+        return av.open(str(p), mode="r")
+    except av.error.FFmpegError as exc:
+        raise MediaError(f"'{p}': not a readable media file ({exc.strerror or exc})") from exc
+
+
+def decode_audio_stream(
+    container: av.container.InputContainer,
+    stream: av.audio.stream.AudioStream,
+    path: str,
+    sample_rate: int | None = None,
+) -> tuple[np.ndarray, int]:
+    """Decode one audio stream to float32 ``[C, T]``, resampled to ``sample_rate`` if given."""
+    cc = stream.codec_context
+    if cc is None:
+        raise MediaError(f"'{path}': no decoder for its audio codec")
+    src_rate = int(cc.sample_rate or 0)
+    out_rate = int(sample_rate) if sample_rate else src_rate
+    if out_rate <= 0:
+        raise MediaError(f"'{path}': the audio stream has no sample rate")
+    parts: list[np.ndarray] = []
+    resampler: av.AudioResampler | None = None
+    n_ch = 0
+
+    def take(frames) -> None:
+        for fr in frames:
+            arr = fr.to_ndarray()  # fltp -> [C, n]
+            parts.append(arr.reshape(n_ch, -1).astype(np.float32, copy=False))
+
+    try:
+        for frame in container.decode(stream):
+            if resampler is None:
+                n_ch = frame.layout.nb_channels if hasattr(frame.layout, "nb_channels") else len(frame.layout.channels)
+                layout = frame.layout.name
+                resampler = av.AudioResampler(format="fltp", layout=layout, rate=out_rate)
+            take(resampler.resample(frame))
+        if resampler is not None:
+            take(resampler.resample(None))
+    except av.error.FFmpegError as exc:
+        raise MediaError(f"'{path}': audio is damaged or truncated ({exc.strerror or exc})") from exc
+    if not parts:
+        return np.zeros((max(n_ch, 1), 0), dtype=np.float32), out_rate
+    wave = np.concatenate(parts, axis=1)
+    return np.ascontiguousarray(wave), out_rate
+
+
+def load_audio(path: str | os.PathLike, sample_rate: int | None = None, mono: bool = False) -> tuple[np.ndarray, int]:
+    """Load the first audio stream of ``path`` as float32 ``[C, T]`` and its sample rate.
+
+    ``sample_rate`` None or 0 keeps the file's rate; ``mono`` averages all channels into one.
+    A file without an audio stream is an error (use :func:`read_audio_track` for videos).
+    """
+    if sample_rate is not None and sample_rate < 0:
+        raise MediaError(f"'{path}': sample_rate must be >= 0, got {sample_rate}")
+    with _open(path) as container:
+        if not container.streams.audio:
+            kinds = sorted({s.type for s in container.streams}) or ["nothing"]
+            raise MediaError(f"'{path}': has no audio stream (it contains {', '.join(kinds)})")
+        wave, sr = decode_audio_stream(container, container.streams.audio[0], str(path), sample_rate or None)
+    if mono and wave.shape[0] > 1:
+        wave = wave.mean(axis=0, keepdims=True)
+    return wave, sr
+
+
+def read_audio_track(path: str | os.PathLike, sample_rate: int | None = None, mono: bool = False) -> tuple[np.ndarray, int]:
+    """The audio of a video file, or an empty-but-valid ``[1, 0]`` track at 44100 Hz if it has none."""
+    with _open(path) as container:
+        if not container.streams.audio:
+            return empty_audio(sample_rate or EMPTY_SAMPLE_RATE)
+    return load_audio(path, sample_rate, mono)
+
+
+def clean_audio(wave: np.ndarray) -> np.ndarray:
+    """float32 copy with NaN/inf set to 0 and samples clipped to [-1, 1] (what an encoder may safely take)."""
+    out = np.nan_to_num(np.asarray(wave, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    return np.clip(out, -1.0, 1.0, out=out)
