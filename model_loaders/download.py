@@ -78,12 +78,17 @@ def placement_help(entry: ModelFile, dest: Path) -> str:
     )
 
 
+def _folder_of(entry: ModelFile, dest: Path) -> Path:
+    """The models sub-folder (``models/<folder>``) that holds ``dest``."""
+    return dest.parents[len(Path(entry.local).parts) - 1]
+
+
 def _failure(entry: ModelFile, dest: Path, reason: str) -> str:
     source = (
         f"Hugging Face repo '{entry.repo}' (revision {entry.revision})" if entry.repo else f"pip package '{entry.pip}'"
     )
     return (
-        f"model file '{entry.id}' ({entry.file}) is missing from folder '{dest.parent}' and could not be "
+        f"model file '{entry.id}' ({entry.file}) is missing from folder '{_folder_of(entry, dest)}' and could not be "
         f"fetched from {source}: {reason}.\n{placement_help(entry, dest)}"
     )
 
@@ -324,7 +329,7 @@ def _download(entry: ModelFile, dest: Path, progress: ProgressFn | None, check_i
     from huggingface_hub import hf_hub_download
 
     endpoint = hub_endpoint()
-    staging = dest.parents[len(Path(entry.local).parts) - 1] / STAGING_DIR / entry.id
+    staging = _folder_of(entry, dest) / STAGING_DIR / entry.id
     try:
         staging.mkdir(parents=True, exist_ok=True)
         try:
@@ -390,3 +395,18 @@ def _remove_if_empty(path: Path) -> None:
         path.rmdir()
     except OSError:
         pass
+
+
+def format_report(results: list[FetchResult]) -> str:
+    """One line per file (present / fetched / FAILED), then the errors in full."""
+    lines = []
+    for r in results:
+        where = str(r.path) if r.path is not None else "-"
+        lines.append(f"{r.status.upper() if r.status == 'failed' else r.status:8} {r.entry.id:45} {where}")
+    failed = [r for r in results if r.status == "failed"]
+    counts = {s: sum(r.status == s for r in results) for s in ("present", "fetched", "failed")}
+    lines.append(f"{counts['present']} present, {counts['fetched']} fetched, {counts['failed']} failed")
+    for r in failed:
+        lines.append("")
+        lines.append(r.error)
+    return "\n".join(lines)

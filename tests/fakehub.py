@@ -66,6 +66,7 @@ class Request:
 @dataclass
 class _Repo:
     files: dict[str, HubFile] = field(default_factory=dict)
+    revisions: set[str] = field(default_factory=lambda: {"main"})
 
 
 class FakeHub:
@@ -80,12 +81,22 @@ class FakeHub:
         self._cdn: ThreadingHTTPServer | None = None
 
     # -- content -------------------------------------------------------------------------
-    def add(self, repo: str, path: str, data: bytes, lfs: bool | None = None) -> HubFile:
-        """Serve ``data`` as ``path`` of ``repo`` (LFS by default for weight-like names)."""
+    def add(self, repo: str, path: str, data: bytes, lfs: bool | None = None, revision: str | None = None) -> HubFile:
+        """Serve ``data`` as ``path`` of ``repo`` (LFS by default for weight-like names).
+
+        The repo answers to ``main``, to the hub's commit and to ``revision`` if given (a pinned
+        commit of a catalogue entry)."""
         is_lfs = path.endswith(LFS_SUFFIXES) if lfs is None else lfs
         f = HubFile(data=bytes(data), lfs=is_lfs)
-        self.repos.setdefault(repo, _Repo()).files[path] = f
+        r = self.repos.setdefault(repo, _Repo())
+        r.files[path] = f
+        if revision:
+            r.revisions.add(revision)
         return f
+
+    def add_entry(self, entry, data: bytes) -> HubFile:
+        """Serve ``data`` where a catalogue ``ModelFile`` says its file lives (repo, revision, path)."""
+        return self.add(entry.repo, entry.file, data, revision=entry.revision)
 
     def file(self, repo: str, path: str) -> HubFile:
         return self.repos[repo].files[path]
@@ -135,7 +146,7 @@ class FakeHub:
     def _lookup(self, repo: str, revision: str, path: str) -> tuple[int, HubFile | None, str]:
         if repo not in self.repos:
             return 404, None, "RepoNotFound"
-        if revision not in ("main", self.commit):
+        if revision != self.commit and revision not in self.repos[repo].revisions:
             return 404, None, "RevisionNotFound"
         f = self.repos[repo].files.get(path)
         if f is None:
