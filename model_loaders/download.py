@@ -199,8 +199,11 @@ def fetch_models(
     models_dir: str | os.PathLike | None = None,
     progress: ProgressFn | None = None,
     check_interrupt: InterruptFn | None = None,
+    verify: bool = False,
 ) -> list[FetchResult]:
     """Ensure several files; a failure is recorded and the others still run.
+
+    With ``verify`` files already in place are hashed too (otherwise only their size is checked).
 
     ``progress(done, total)`` counts bytes over the files being downloaded, with whole files
     counted as done once they are present.
@@ -216,6 +219,8 @@ def fetch_models(
     for entry in entries:
         try:
             path, fetched = ensure_file(entry, models_dir, _one if entry.size else None, check_interrupt)
+            if verify and not fetched:
+                verify_file(entry, path, full=True, check_interrupt=check_interrupt)
             results.append(FetchResult(entry, path, "fetched" if fetched else "present"))
         except (ModelDownloadError, KeyError, ValueError, OSError) as exc:
             results.append(FetchResult(entry, None, "failed", str(exc)))

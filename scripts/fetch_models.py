@@ -4,6 +4,7 @@
     python scripts/fetch_models.py --list
     python scripts/fetch_models.py --group musetalk [--models-dir /path/to/ComfyUI/models]
     python scripts/fetch_models.py --id liveportrait.warping_module --id face.parsing_bisenet
+    python scripts/fetch_models.py --group all --verify      # also hash files already in place
 
 Exit codes: 0 all files present or fetched, 1 some failed, 2 bad arguments or no models folder.
 """
@@ -61,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--id", action="append", default=[], dest="ids", help="a model id such as musetalk.unet_v15; repeatable")
     ap.add_argument("--list", action="store_true", help="list groups and files (and whether they are present)")
     ap.add_argument("--optional", action="store_true", help="with --group all: include optional alternatives")
+    ap.add_argument("--verify", action="store_true", help="also hash files that are already in place")
     ap.add_argument("--models-dir", help="ComfyUI's models folder (default: the ComfyUI this pack is installed in)")
     args = ap.parse_args(argv)
 
@@ -82,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     unique = list({e.id: e for e in entries}.values())
     print(f"models folder: {root}", file=sys.stderr)
-    results = fetch_models(unique, models_dir=root, progress=_TextProgress())
+    results = fetch_models(unique, models_dir=root, progress=_TextProgress(), verify=args.verify)
     print(format_report(results))
     return 1 if any(r.status == "failed" for r in results) else 0
 

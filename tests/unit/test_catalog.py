@@ -289,3 +289,11 @@ def test_cli_exit_codes_and_output(tmp_path, monkeypatch, capsys):
         assert "0 present, 1 fetched, 0 failed" in capsys.readouterr().out
         assert cli.main(["--id", e.id, "--models-dir", str(tmp_path)]) == 0
         assert "1 present, 0 fetched, 0 failed" in capsys.readouterr().out
+        # a hand-placed file of the right size but wrong bytes: only --verify hashes it
+        placed = tmp_path / "musetalk" / cfg.local
+        placed.parent.mkdir(parents=True, exist_ok=True)
+        placed.write_bytes(b"x" * 748)
+        hub.reset_log()
+        assert cli.main(["--id", cfg.id, "--models-dir", str(tmp_path)]) == 0
+        assert cli.main(["--id", cfg.id, "--verify", "--models-dir", str(tmp_path)]) == 1
+        assert "is corrupt: sha256" in capsys.readouterr().out and hub.count() == 0
