@@ -22,6 +22,9 @@ Use::
     with FakeHub() as hub:
         hub.add("org/repo", "weights.pth", data)
         monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
+
+To fetch a tiny stand-in for a catalogue file through ``ensure_model``, use
+:func:`serve_model`, which also makes the catalogue's size and sha256 match the stand-in.
 """
 from __future__ import annotations
 
@@ -268,3 +271,17 @@ def _handler(hub: FakeHub, role: str) -> type[BaseHTTPRequestHandler]:
             self._send(status, headers, body)
 
     return Handler
+
+
+def serve_model(hub: FakeHub, model_id: str, data: bytes, monkeypatch):
+    """Serve ``data`` as catalogue file ``model_id`` and patch its catalogue entry (size,
+    sha256) to match, for the test's duration; returns the patched ``ModelFile``."""
+    import dataclasses
+
+    from comfyui_digitalhuman.model_loaders import catalog
+
+    entry = catalog.get_model(model_id)
+    tiny = dataclasses.replace(entry, size=len(data), sha256=hashlib.sha256(data).hexdigest())
+    monkeypatch.setitem(catalog._default_catalog(), model_id, tiny)
+    hub.add_entry(tiny, data)
+    return tiny

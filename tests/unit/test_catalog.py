@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from fakehub import FakeHub  # noqa: E402
+from fakehub import FakeHub, serve_model  # noqa: E402
 
 from comfyui_digitalhuman.model_loaders import catalog, folders  # noqa: E402
 from comfyui_digitalhuman.model_loaders.catalog import CatalogError, files_for, load_catalog  # noqa: E402
@@ -251,7 +251,7 @@ def test_download_models_node(tmp_path, monkeypatch):
     with FakeHub() as hub:
         monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
         for i, e in enumerate(files_for("liveportrait")):
-            hub.add_entry(e, bytes([i]) * 1000)
+            serve_model(hub, e.id, bytes([i]) * 1000, monkeypatch)
         out = node().download("liveportrait", False)
     report = out["result"][0]
     assert out["ui"]["text"] == [report]
@@ -283,8 +283,7 @@ def test_cli_exit_codes_and_output(tmp_path, monkeypatch, capsys):
         assert cli.main(["--id", "musetalk.config_v15", "--models-dir", str(tmp_path)]) == 1
         out = capsys.readouterr().out
         assert "FAILED" in out and "has 10 bytes, expected 748" in out
-        e = load_catalog()["liveportrait.warping_module"]
-        hub.add_entry(e, b"w" * 2048)
+        e = serve_model(hub, "liveportrait.warping_module", b"w" * 2048, monkeypatch)
         assert cli.main(["--id", e.id, "--models-dir", str(tmp_path)]) == 0
         assert "0 present, 1 fetched, 0 failed" in capsys.readouterr().out
         assert cli.main(["--id", e.id, "--models-dir", str(tmp_path)]) == 0

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from fakehub import FakeHub  # noqa: E402
+from fakehub import FakeHub, serve_model  # noqa: E402
 
 from comfyui_digitalhuman.model_loaders import download  # noqa: E402
 from comfyui_digitalhuman.model_loaders.catalog import ModelFile, get_model  # noqa: E402
@@ -244,20 +244,25 @@ def test_hand_placed_file_of_wrong_size_is_refused_not_deleted(hub, tmp_path):
     assert dest.read_bytes() == b"short" and hub.count() == 0
 
 
-def test_ensure_model_uses_catalogue_entry(hub, tmp_path):
-    entry = get_model("liveportrait.warping_module")
+def test_ensure_model_uses_catalogue_entry(hub, tmp_path, monkeypatch):
     data = _payload(50_000, seed=7)
-    hub.add_entry(entry, data)
+    serve_model(hub, "liveportrait.warping_module", data, monkeypatch)
     path = ensure_model("liveportrait.warping_module", models_dir=tmp_path)
     assert path == tmp_path / "liveportrait" / "base_models" / "warping_module.pth"
     assert path.read_bytes() == data
+    # the real catalogue entry (published size and sha256) refuses the stand-in
+    path.unlink()
+    monkeypatch.undo()
+    monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
+    with pytest.raises(ModelIntegrityError, match="has 50000 bytes, expected 182180086"):
+        ensure_model("liveportrait.warping_module", models_dir=tmp_path)
+    assert not path.exists()
     with pytest.raises(KeyError, match="liveportrait.warping_module"):
         ensure_model("liveportrait.warping_modul", models_dir=tmp_path)
 
 
 def test_models_dir_from_env(hub, tmp_path, monkeypatch):
-    entry = get_model("liveportrait.motion_extractor")
-    hub.add_entry(entry, b"m" * 1000)
+    entry = serve_model(hub, "liveportrait.motion_extractor", b"m" * 1000, monkeypatch)
     monkeypatch.setenv("DH_MODELS_DIR", str(tmp_path / "models"))
     assert ensure_model(entry.id) == tmp_path / "models" / "liveportrait" / "base_models" / "motion_extractor.pth"
 
