@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
 
+_INVERT = bytes(range(255, -1, -1))  # maps every byte b to 255 - b (= b ^ 0xFF)
 LFS_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".ckpt", ".onnx", ".tflite")
 
 
@@ -49,18 +50,25 @@ class HubFile:
     drop_after: int | None = None  # close the connection after this many body bytes, once
     xet: bool = False  # advertise Xet storage (X-Xet-Hash) as the hub does for Xet-backed files
 
-    @property
-    def sha256(self) -> str:
-        return hashlib.sha256(self.data).hexdigest()
+    sha256: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.sha256 = hashlib.sha256(self.data).hexdigest()
 
     @property
     def git_sha1(self) -> str:
-        return hashlib.sha1(b"blob %d\0" % len(self.data) + self.data).hexdigest()
+        """The git object id the hub sends as ETag: of the file itself, or of its LFS pointer."""
+        if self.lfs:
+            pointer = f"version https://git-lfs.github.com/spec/v1\noid sha256:{self.sha256}\nsize {len(self.data)}\n"
+            content = pointer.encode()
+        else:
+            content = self.data
+        return hashlib.sha1(b"blob %d\0" % len(content) + content).hexdigest()
 
     def body(self) -> bytes:
         if not self.corrupt:
             return self.data
-        return bytes((b ^ 0xFF) for b in self.data)
+        return self.data.translate(_INVERT)
 
 
 @dataclass
@@ -230,7 +238,7 @@ def _handler(hub: FakeHub, role: str) -> type[BaseHTTPRequestHandler]:
                     "X-Linked-Size": str(len(f.data)),
                 }
                 if f.xet:
-                    headers["X-Xet-Hash"] = hashlib.sha256(b"xet" + f.data).hexdigest()
+                    headers["X-Xet-Hash"] = hashlib.sha256(f"xet:{f.sha256}".encode()).hexdigest()
                     headers["X-Xet-Refresh-Route"] = f"{hub.endpoint}/api/models/{m['repo']}/xet-read-token/{hub.commit}"
                 return self._send(302, headers, b"", head)
             headers = {**common, "ETag": f'"{f.git_sha1}"', "Content-Type": "application/octet-stream"}
