@@ -6,6 +6,7 @@ It answers the requests ``hf_hub_download`` makes (huggingface_hub 2.x):
   files are served directly (ETag = git blob sha1). LFS files (weights) answer ``302`` to a
   second listener on another port, the "CDN", with ``X-Linked-Etag`` (sha256) and
   ``X-Linked-Size``, as the hub does; the CDN serves the bytes and honours ``Range``.
+* A renamed repo answers ``307`` to its new name (``FakeHub.rename``).
 * ``GET /api/agent-harnesses`` (the registry huggingface_hub fetches for its user agent, and
   caches under ``HF_HOME``) answers like the hub, so a test can see whether it got cached.
 * Errors as the hub reports them: ``404`` + ``X-Error-Code: EntryNotFound`` /
@@ -92,6 +93,7 @@ class FakeHub:
         self.commit = commit
         self.repos: dict[str, _Repo] = {}
         self.requests: list[Request] = []
+        self.renamed: dict[str, str] = {}  # old repo id -> new repo id (answered with 307)
         self._lock = threading.Lock()
         self._hub: ThreadingHTTPServer | None = None
         self._cdn: ThreadingHTTPServer | None = None
@@ -113,6 +115,10 @@ class FakeHub:
     def add_entry(self, entry, data: bytes) -> HubFile:
         """Serve ``data`` where a catalogue ``ModelFile`` says its file lives (repo, revision, path)."""
         return self.add(entry.repo, entry.file, data, revision=entry.revision)
+
+    def rename(self, old: str, new: str) -> None:
+        """Answer requests for ``old`` with a redirect to ``new``, as the hub does for moved repos."""
+        self.renamed[old] = new
 
     def file(self, repo: str, path: str) -> HubFile:
         return self.repos[repo].files[path]
@@ -219,6 +225,9 @@ def _handler(hub: FakeHub, role: str) -> type[BaseHTTPRequestHandler]:
             m = _RESOLVE.match(path)
             if not m:
                 return self._send(404, {"X-Error-Code": "RepoNotFound"}, b"not found", head)
+            if m["repo"] in hub.renamed:
+                location = f"/{hub.renamed[m['repo']]}/resolve/{m['rev']}/{m['path']}"
+                return self._send(307, {"Location": location}, b"", head)
             status, f, code = hub._lookup(m["repo"], m["rev"], m["path"])
             common = {"X-Repo-Commit": hub.commit}
             if f is not None and f.status is not None:

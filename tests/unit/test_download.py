@@ -218,6 +218,15 @@ def test_xet_backed_file_is_fetched_over_plain_http(hub, tmp_path):
     assert hub.count("GET", "/lfs/") == 1
 
 
+def test_renamed_repo_is_followed(hub, tmp_path):
+    data = _payload(10_000, seed=9)
+    hub.add("NewOrg/tiny-model", "weights/net.pth", data)
+    hub.rename(REPO, "NewOrg/tiny-model")  # as KwaiVGI/LivePortrait -> KlingTeam/LivePortrait
+    path, _ = ensure_file(_entry(data), tmp_path)
+    assert path.read_bytes() == data
+    assert hub.count("HEAD", f"/{REPO}/resolve/") == 1 and hub.count("HEAD", "/NewOrg/tiny-model/resolve/") == 1
+
+
 def test_interrupt_stops_download_and_leaves_nothing(hub, tmp_path):
     data = _payload()
     hub.add(REPO, "weights/net.pth", data)
