@@ -127,10 +127,10 @@ def verify_file(
     where = label or str(path)
     size = path.stat().st_size
     if entry.size is not None and size != entry.size:
+        advice = "" if label else f" Delete it and run again, or replace it.\n{placement_help(entry, path)}"
         raise ModelIntegrityError(
             f"model file '{entry.id}' ({where}) has {size} bytes, expected {entry.size} "
-            f"(an incomplete or different file). Delete it and run again, or replace it.\n"
-            f"{placement_help(entry, path)}"
+            f"(an incomplete or different file).{advice}"
         )
     if not full:
         return
@@ -210,14 +210,17 @@ def fetch_models(
     counted as done once they are present.
     """
     results: list[FetchResult] = []
-    total = sum(e.size or 0 for e in entries) or len(entries)
-    base = 0
+    # progress weights: bytes where sizes are known, else one unit per file
+    weights = [e.size or 0 for e in entries]
+    if not any(weights):
+        weights = [1] * len(entries)
+    total, base = sum(weights) or 1, 0
 
     def _one(done: int, _total: int) -> None:
         if progress is not None:
             progress(min(base + done, total), total)
 
-    for entry in entries:
+    for entry, weight in zip(entries, weights):
         try:
             path, fetched = ensure_file(entry, models_dir, _one if entry.size else None, check_interrupt)
             if verify and not fetched:
@@ -225,7 +228,7 @@ def fetch_models(
             results.append(FetchResult(entry, path, "fetched" if fetched else "present"))
         except (ModelDownloadError, KeyError, ValueError, OSError) as exc:
             results.append(FetchResult(entry, None, "failed", str(exc)))
-        base += entry.size or (0 if total != len(entries) else 1)
+        base += weight
         if progress is not None:
             progress(min(base, total), total)
     return results
