@@ -27,6 +27,7 @@ from comfyui_digitalhuman.model_loaders.download import (  # noqa: E402
 )
 
 REPO = "org/tiny-model"
+_HUB_MAJOR = int(__import__("huggingface_hub").__version__.split(".")[0])
 
 
 @pytest.fixture()
@@ -163,7 +164,8 @@ def test_500_is_retried_then_clear_error(hub, tmp_path, fast_sleep):
         ensure_file(entry, tmp_path)
     assert "HTTP 500" in str(err.value)
     _assert_placement_help(str(err.value), entry, tmp_path)
-    assert hub.count("HEAD") > 1  # the hub client retried before giving up
+    if _HUB_MAJOR >= 1:
+        assert hub.count("HEAD") > 1  # huggingface_hub >= 1 retries 5xx before giving up
 
 
 def test_offline_env_makes_no_request(hub, tmp_path, monkeypatch):
@@ -191,6 +193,7 @@ def test_connection_refused(tmp_path, monkeypatch, fast_sleep):
     _assert_placement_help(str(err.value), entry, tmp_path)
 
 
+@pytest.mark.skipif(_HUB_MAJOR < 1, reason="huggingface_hub < 1.0 does not resume within a call")
 def test_resume_after_dropped_connection(hub, tmp_path, fast_sleep, monkeypatch):
     from huggingface_hub import constants
 
