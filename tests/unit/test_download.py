@@ -144,6 +144,7 @@ def test_404_names_repo_file_folder_and_manual_steps(hub, tmp_path):
     msg = str(err.value)
     assert "404" in msg
     _assert_placement_help(msg, entry, tmp_path)
+    assert f"{hub.endpoint}/{REPO}/resolve/main/{entry.file}" in msg  # the mirror in use is named too
     assert _leftovers(tmp_path) == []
 
 
