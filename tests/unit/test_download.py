@@ -148,6 +148,18 @@ def test_404_names_repo_file_folder_and_manual_steps(hub, tmp_path):
     assert _leftovers(tmp_path) == []
 
 
+def test_hf_token_is_sent_and_never_shown(hub, tmp_path, monkeypatch):
+    data = _payload(2000)
+    hub.add(REPO, "weights/net.pth", data)
+    monkeypatch.setenv("HF_TOKEN", "hf_secret_dh_test")
+    ensure_file(_entry(data), tmp_path)
+    head = next(r for r in hub.requests if r.method == "HEAD")
+    assert {k.lower(): v for k, v in head.headers.items()}["authorization"] == "Bearer hf_secret_dh_test"
+    with pytest.raises(ModelDownloadError) as err:
+        ensure_file(dataclasses.replace(_entry(data), file="gone.pth", local="gone.pth"), tmp_path)
+    assert "hf_secret_dh_test" not in str(err.value)
+
+
 def test_forced_404_and_unknown_repo(hub, tmp_path):
     data = _payload(1000)
     hub.add(REPO, "weights/net.pth", data).status = 404
