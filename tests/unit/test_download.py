@@ -27,6 +27,7 @@ from comfyui_digitalhuman.model_loaders.download import (  # noqa: E402
 )
 
 REPO = "org/tiny-model"
+_HUB_MAJOR = int(__import__("huggingface_hub").__version__.split(".")[0])
 
 
 @pytest.fixture()
@@ -143,7 +144,20 @@ def test_404_names_repo_file_folder_and_manual_steps(hub, tmp_path):
     msg = str(err.value)
     assert "404" in msg
     _assert_placement_help(msg, entry, tmp_path)
+    assert f"{hub.endpoint}/{REPO}/resolve/main/{entry.file}" in msg  # the mirror in use is named too
     assert _leftovers(tmp_path) == []
+
+
+def test_hf_token_is_sent_and_never_shown(hub, tmp_path, monkeypatch):
+    data = _payload(2000)
+    hub.add(REPO, "weights/net.pth", data)
+    monkeypatch.setenv("HF_TOKEN", "hf_secret_dh_test")
+    ensure_file(_entry(data), tmp_path)
+    head = next(r for r in hub.requests if r.method == "HEAD")
+    assert {k.lower(): v for k, v in head.headers.items()}["authorization"] == "Bearer hf_secret_dh_test"
+    with pytest.raises(ModelDownloadError) as err:
+        ensure_file(dataclasses.replace(_entry(data), file="gone.pth", local="gone.pth"), tmp_path)
+    assert "hf_secret_dh_test" not in str(err.value)
 
 
 def test_forced_404_and_unknown_repo(hub, tmp_path):
@@ -163,7 +177,8 @@ def test_500_is_retried_then_clear_error(hub, tmp_path, fast_sleep):
         ensure_file(entry, tmp_path)
     assert "HTTP 500" in str(err.value)
     _assert_placement_help(str(err.value), entry, tmp_path)
-    assert hub.count("HEAD") > 1  # the hub client retried before giving up
+    if _HUB_MAJOR >= 1:
+        assert hub.count("HEAD") > 1  # huggingface_hub >= 1 retries 5xx before giving up
 
 
 def test_offline_env_makes_no_request(hub, tmp_path, monkeypatch):
@@ -191,6 +206,7 @@ def test_connection_refused(tmp_path, monkeypatch, fast_sleep):
     _assert_placement_help(str(err.value), entry, tmp_path)
 
 
+@pytest.mark.skipif(_HUB_MAJOR < 1, reason="huggingface_hub < 1.0 does not resume within a call")
 def test_resume_after_dropped_connection(hub, tmp_path, fast_sleep, monkeypatch):
     from huggingface_hub import constants
 
