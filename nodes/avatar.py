@@ -142,6 +142,7 @@ class DH_PortraitCheck:
                        "Verdict with the reasons and every measured value against its limit.",
                        "LivePortrait-style aligned face crop per image (centre square when no face was found).")
     FUNCTION = "check"
+    OUTPUT_NODE = True  # the report reaches the UI and the history even when nothing consumes it
     CATEGORY = CAT_AVATAR
     DESCRIPTION = ("Checks a portrait for animation: exactly one face, head pose within limits, head-and-shoulders framing, "
                    "resolution, sharpness and a clean background, with stated reasons; outputs the aligned crop. "
@@ -184,6 +185,7 @@ class DH_CostSum:
     RETURN_NAMES = ("total_usd", "breakdown")
     OUTPUT_TOOLTIPS = ("Estimated total in USD.", "One line per cost and item, then the total.")
     FUNCTION = "total"
+    OUTPUT_NODE = True
     CATEGORY = CAT_AVATAR
     DESCRIPTION = ("Sums estimated costs (connect the cost outputs of API nodes) and fixed items priced in data/prices.json, "
                    "e.g. minutes of a HeyGen session. Open-source steps cost nothing.")
