@@ -80,6 +80,13 @@ class FakeOpenAI(ThreadingHTTPServer):
         self.lock = threading.Lock()
         self.thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
+    def handle_error(self, request, client_address) -> None:
+        """A client that gave up (timeout, interrupt) leaves a broken pipe: expected here, not noise."""
+        import sys
+
+        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            super().handle_error(request, client_address)
+
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.server_address[1]}/v1"

@@ -219,8 +219,9 @@ def evaluate_portrait(image: np.ndarray, faces: Sequence[Any], thresholds: dict[
                                    f"framing: face too low (centre at {cy:.0%} of the height); it should sit in the upper part"))
         chin = chin_y(face)
         below = (h - chin) / max(box[3] - box[1], 1e-6)
-        checks.append(_limit_check("shoulders", below, t["below_chin_min"], None, ".2f",
-                                   f"framing: too little room below the chin for the shoulders ({below:.2f} face heights)", ""))
+        checks.append(_limit_check("shoulders", below, t["below_chin_min"], t["below_chin_max"], ".2f",
+                                   f"framing: too little room below the chin for the shoulders ({below:.2f} face heights)",
+                                   f"framing: too much body below the chin ({below:.1f} face heights); crop to head and shoulders"))
         sharp = face_sharpness(image, box)
         checks.append(_limit_check("sharpness", sharp, t["min_face_sharpness"], None, ".0f",
                                    f"blur: the face is not sharp (Laplacian variance {sharp:.0f})", ""))

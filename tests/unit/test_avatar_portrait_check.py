@@ -95,6 +95,14 @@ def test_full_body_small_face_fails_framing():
     assert all(r.startswith("framing") for r in rep.reasons), rep.reasons
 
 
+def test_half_body_fails_for_too_much_below_chin():
+    box = (196, 100, 316, 230)  # a face big enough, but 3.2 face heights of body below the chin
+    rep = pc.evaluate_portrait(portrait(box=box), [make_face(box, chin=228.0)])
+    c = rep.get("shoulders")
+    assert c.status == pc.FAIL and c.value == pytest.approx((640 - 228) / 130)
+    assert rep.reasons == ["framing: too much body below the chin (3.2 face heights); crop to head and shoulders"]
+
+
 def test_close_up_without_shoulders_fails():
     box = (56, 40, 456, 600)
     rep = pc.evaluate_portrait(portrait(box=box), [make_face(box)])
