@@ -73,10 +73,6 @@ class ApiError(RuntimeError):
         super().__init__(f"{head}{where}{tries}: {message}{tail}")
 
 
-class Interrupted(Exception):
-    """Raised by the default interrupt hook of tests; ComfyUI raises its own exception."""
-
-
 @dataclass
 class RetryPolicy:
     """How often and how long to retry. ``max_tries`` counts the first attempt."""

@@ -226,7 +226,11 @@ def evaluate_portrait(image: np.ndarray, faces: Sequence[Any], thresholds: dict[
         checks.append(_limit_check("sharpness", sharp, t["min_face_sharpness"], None, ".0f",
                                    f"blur: the face is not sharp (Laplacian variance {sharp:.0f})", ""))
 
-    std, edges = background_stats(image, background_mask((h, w), box, chin, t["border_strip_frac"]))
+    # measured at most 1024 px wide/high: cheap on big images and edge density comparable across sizes
+    k = min(1.0, 1024.0 / max(h, w))
+    small = image if k == 1.0 else cv2.resize(image, (max(1, round(w * k)), max(1, round(h * k))), interpolation=cv2.INTER_AREA)
+    std, edges = background_stats(small, background_mask(small.shape[:2], None if box is None else box * k,
+                                                         None if chin is None else chin * k, t["border_strip_frac"]))
     for name, val, lim, words in (("background colour spread", std, t["background_max_std"], "background not plain: colour varies a lot"),
                                   ("background edges", edges, t["background_max_edges"], "background busy: many edges")):
         if val > 2 * lim:

@@ -228,3 +228,17 @@ def test_thresholds_file_documents_every_value():
             assert set(v) == {"value", "meaning"} and v["meaning"], k
     t = pc.load_thresholds()
     assert t["min_side_recommended"] == 512 and t["faces_expected"] == 1
+
+
+def test_big_image_background_is_measured_downscaled():
+    box = (392, 240, 632, 540)
+    img = portrait(h=1280, w=1024, box=box)
+    rng = np.random.default_rng(3)
+    img[:, :60] = rng.integers(150, 250, size=(1280, 60, 3), dtype=np.uint8)
+    rep = pc.evaluate_portrait(img, [make_face(box)])
+    small = cv2.resize(img, (819, 1024), interpolation=cv2.INTER_AREA)
+    k = 1024 / 1280
+    exp = pc.background_stats(small, pc.background_mask((1024, 819), np.array(box, float) * k, 540 * k, 0.1))
+    assert rep.get("background colour spread").value == pytest.approx(exp[0])
+    assert rep.get("background edges").value == pytest.approx(exp[1])
+    assert rep.get("background colour spread").value > 1.0  # the noisy strip was seen
