@@ -24,11 +24,21 @@ USER_PRESETS_FILE = "portrait_presets.json"
 N_COST_INPUTS = 6
 
 
-def _template() -> dict:
-    """Built-in template plus the user's presets file (``<user dir>/digitalhuman/portrait_presets.json``)."""
+def _template(strict: bool = True) -> dict:
+    """Built-in template plus the user's presets file (``<user dir>/digitalhuman/portrait_presets.json``).
+
+    ``strict=False`` (for INPUT_TYPES) falls back to the built-in presets with a warning, so a broken
+    user file never breaks ComfyUI's node list; running the node then reports the file's error.
+    """
     folder = pack_user_dir()
     extra = [folder / USER_PRESETS_FILE] if folder is not None else []
-    return prompt_engine.load_template(extra_preset_files=extra)
+    try:
+        return prompt_engine.load_template(extra_preset_files=extra)
+    except ValueError as exc:
+        if strict:
+            raise
+        log.warning("[DigitalHuman] user presets ignored: %s", exc)
+        return prompt_engine.load_template()
 
 
 class DH_PortraitPrompt:
@@ -36,7 +46,7 @@ class DH_PortraitPrompt:
 
     @classmethod
     def INPUT_TYPES(cls):
-        t = _template()
+        t = _template(strict=False)
         presets = prompt_engine.preset_names(t)
         return {"required": {
             "description": ("STRING", {"multiline": True, "default": "",

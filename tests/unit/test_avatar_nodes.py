@@ -96,6 +96,17 @@ def test_portrait_prompt_node_with_user_presets(nodes, comfy_stub):
     assert "navy blazer" in prompt and "profile view" in negative
 
 
+def test_broken_user_presets_do_not_break_the_node_list(nodes, comfy_stub, caplog):
+    folder = comfy_stub["user_dir"] / "digitalhuman"
+    folder.mkdir(parents=True)
+    (folder / "portrait_presets.json").write_text("{broken")
+    spec = nodes.DH_PortraitPrompt.INPUT_TYPES()["required"]
+    assert "teacher" in spec["preset"][0]
+    assert any("user presets ignored" in r.getMessage() for r in caplog.records)
+    with pytest.raises(ValueError, match="portrait_presets.json: not valid JSON"):
+        nodes.DH_PortraitPrompt().render("", "unspecified", "unspecified", "teacher", "", "")
+
+
 @pytest.fixture()
 def server(monkeypatch):
     with FakeOpenAI(api_key=KEY) as s:
