@@ -4,7 +4,8 @@ Why one base: timeouts, retries, interrupt handling and key redaction must behav
 every paid API, and a key must never leak into an exception, a log line or ComfyUI's history.
 
 - connect/read timeouts on every request;
-- retries with exponential backoff plus jitter on 429 (``Retry-After`` honoured), 5xx and
+- retries with exponential backoff plus jitter on 408, 429 (``Retry-After``/``retry-after-ms``
+  honoured), 5xx and
   connection errors, at most ``max_tries`` attempts in all; a read timeout is *not* retried by
   default (the server may have done, and billed, the work);
 - while a request is in flight and while waiting between tries, ``check_interrupt()`` is called
@@ -36,7 +37,7 @@ _KEY_PATTERNS = [
     re.compile(r"(?i)(bearer\s+)[A-Za-z0-9_\-\.=:+/]{6,}"),
     re.compile(r"(?i)((?:api[_-]?key|x-api-key|authorization|token|secret)[\"']?\s*[:=]\s*[\"']?)(?!\[REDACTED\])[^\s\"',&}]{4,}"),
 ]
-RETRY_STATUSES = frozenset({429, 500, 502, 503, 504, 520, 522, 524, 529})
+RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504, 520, 522, 524, 529})
 
 
 def redact(text: Any, secrets: Iterable[str] = ()) -> str:
@@ -57,7 +58,7 @@ class ApiError(RuntimeError):
     """An API call that failed: HTTP status (0 when no answer came), the API's message, type, code."""
 
     def __init__(self, service: str, status: int, message: str, *, err_type: str | None = None,
-                 code: str | None = None, url: str = "", attempts: int = 1):
+                 code: str | None = None, url: str = "", attempts: int = 1, request_id: str | None = None):
         self.service = service
         self.status = int(status)
         self.api_message = message
@@ -65,7 +66,9 @@ class ApiError(RuntimeError):
         self.code = code
         self.url = url
         self.attempts = attempts
-        extra = ", ".join(x for x in (f"type={err_type}" if err_type else "", f"code={code}" if code else "") if x)
+        self.request_id = request_id
+        extra = ", ".join(x for x in (f"type={err_type}" if err_type else "", f"code={code}" if code else "",
+                                      f"request id {request_id}" if request_id else "") if x)
         where = f" ({url})" if url else ""
         head = f"{service} API error {status}" if status else f"{service} API: no answer"
         tail = f" [{extra}]" if extra else ""
@@ -89,6 +92,17 @@ class RetryPolicy:
         """Delay before try ``attempt + 1`` (attempt counts from 1)."""
         d = min(self.max_delay_s, self.base_delay_s * (2 ** (attempt - 1)))
         return d * (1.0 + self.jitter * rng.random())
+
+
+def retry_delay(headers: Any) -> float | None:
+    """Seconds the server asks us to wait: ``retry-after-ms`` (OpenAI) or ``Retry-After``; None if absent."""
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return max(0.0, float(ms) / 1000.0)
+        except ValueError:
+            pass
+    return parse_retry_after(headers.get("Retry-After"))
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -231,11 +245,13 @@ class HttpClient:
                     except ValueError:
                         raise ApiError(self.service, resp.status_code, "the answer is not JSON: " + self.redact((resp.text or "")[:200]), url=url, attempts=attempt) from None
                 msg, etype, code = error_message(resp)
-                failure = ApiError(self.service, resp.status_code, self.redact(msg), err_type=etype, code=code, url=url, attempts=attempt)
+                rid = resp.headers.get("x-request-id") or resp.headers.get("request-id")
+                failure = ApiError(self.service, resp.status_code, self.redact(msg), err_type=etype, code=code, url=url,
+                                   attempts=attempt, request_id=self.redact(rid) if rid else None)
                 if resp.status_code not in pol.retry_statuses:
                     self._log(logging.WARNING, "%s", failure)
                     raise failure from None
-                delay = parse_retry_after(resp.headers.get("Retry-After"))
+                delay = retry_delay(resp.headers)
                 if delay is not None:
                     delay = min(delay, pol.max_retry_after_s)
             if attempt >= pol.max_tries:

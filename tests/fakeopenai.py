@@ -115,6 +115,7 @@ class _Handler(BaseHTTPRequestHandler):
         raw = json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
+        self.send_header("x-request-id", f"req_fake{len(self.server.requests):04d}")
         self.send_header("Content-Length", str(len(raw)))
         for k, v in (headers or {}).items():
             self.send_header(k, v)

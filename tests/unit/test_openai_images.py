@@ -81,8 +81,9 @@ def test_unknown_model_shows_api_error(server):
     with pytest.raises(ApiError) as ei:
         client(server).generate("p", model="dall-e-3")
     e = ei.value
-    assert e.status == 400 and e.code == "model_not_found"
-    assert "The model 'dall-e-3' does not exist" in str(e)
+    assert e.status == 400 and e.code == "model_not_found" and e.request_id == "req_fake0001"
+    assert str(e) == (f"OpenAI API error 400 ({server.url}/images/generations): The model 'dall-e-3' does not exist or "
+                      "you do not have access to it. [type=invalid_request_error, code=model_not_found, request id req_fake0001]")
     assert len(server.requests) == 1  # 4xx is not retried
 
 
@@ -229,3 +230,19 @@ def test_cost_table_lookup():
     assert image_cost("gpt-image-1", "medium", "1024x1024", 1) == pytest.approx(0.042)
     assert image_cost("gpt-image-1", "auto", "auto", 3) == pytest.approx(3 * 0.042)
     assert image_cost("some-future-model", "medium", "1024x1024", 1) == pytest.approx(0.04)
+
+
+def test_edit_is_resent_whole_after_a_500(server):
+    server.script = [("status", 502)]
+    ref = np.full((16, 16, 3), 77, np.uint8)
+    res = client(server).edit("p", [ref], model="gpt-image-1")
+    assert len(server.requests) == 2
+    assert [len(r.files) for r in server.requests] == [1, 1]
+    assert server.requests[0].files[0][3] == server.requests[1].files[0][3]
+    assert server.requests[1].form["prompt"] == "p" and res.images[0].shape == (16, 16, 3)
+
+
+def test_retry_after_ms_is_preferred():
+    assert dh_http.retry_delay({"retry-after-ms": "250", "Retry-After": "9"}) == pytest.approx(0.25)
+    assert dh_http.retry_delay({"Retry-After": "2"}) == 2.0
+    assert dh_http.retry_delay({}) is None
