@@ -12,7 +12,7 @@ in degrees. Only these attributes are read, so any object with them works.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
