@@ -1,0 +1,1 @@
+"""Step 1, avatar design: portrait prompt rendering and the portrait suitability check."""

@@ -1,0 +1,89 @@
+"""Cost estimates from the price table ``data/prices.json`` (kept as data so it is easy to update)."""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+log = logging.getLogger("DigitalHuman.prices")
+
+PRICES_FILE = Path(__file__).resolve().parents[1] / "data" / "prices.json"
+
+
+@lru_cache(maxsize=4)
+def load_prices(path: str | None = None) -> dict:
+    """The parsed price table (cached); ``path`` overrides the pack's ``data/prices.json``."""
+    p = Path(path) if path else PRICES_FILE
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise RuntimeError(f"price table {p} could not be read: {exc}") from None
+
+
+@dataclass
+class ImagePrice:
+    """Price of one image and whether it came from the fallback row (an estimate for an unknown model)."""
+
+    usd_per_image: float
+    model_row: str
+    estimated: bool
+
+
+def image_price(model: str, quality: str = "auto", size: str = "auto", prices: dict | None = None) -> ImagePrice:
+    """USD per image for ``model`` at ``quality``/``size``; unknown models use the ``default`` row."""
+    table = (prices or load_prices())["images"]
+    row_name = model if model in table and not model.startswith("_") else "default"
+    q = quality if quality in table[row_name] else "medium"
+    row = table[row_name][q]
+    s = size if size in row else "1024x1024"
+    estimated = row_name == "default" or q != quality and quality != "auto" or s != size and size != "auto"
+    if row_name == "default":
+        log.info("no price listed for image model '%s'; using the default row of the price table", model)
+    return ImagePrice(float(row[s]), row_name, estimated)
+
+
+def image_cost(model: str, quality: str, size: str, count: int, prices: dict | None = None) -> float:
+    """Estimated USD for ``count`` images."""
+    return round(image_price(model, quality, size, prices).usd_per_image * int(count), 6)
+
+
+def parse_items(text: str, prices: dict | None = None) -> list[tuple[str, float, float]]:
+    """``name: quantity`` lines -> [(name, quantity, usd)]; blank lines and ``#`` comments skipped."""
+    items = {k: v for k, v in (prices or load_prices())["items"].items() if not k.startswith("_")}
+    out = []
+    for lineno, raw in enumerate((text or "").splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        name, sep, qty = line.partition(":")
+        name = name.strip()
+        if not sep:
+            qty = "1"
+        if name not in items:
+            raise ValueError(f"cost item line {lineno} '{raw.strip()}': unknown item '{name}'; known items: {', '.join(sorted(items))}")
+        try:
+            q = float(qty)
+        except ValueError:
+            raise ValueError(f"cost item line {lineno} '{raw.strip()}': quantity '{qty.strip()}' is not a number") from None
+        if q < 0:
+            raise ValueError(f"cost item line {lineno} '{raw.strip()}': quantity must not be negative")
+        out.append((name, q, round(q * float(items[name]["usd"]), 6)))
+    return out
+
+
+def sum_costs(costs: list[tuple[str, float]], items_text: str = "", prices: dict | None = None) -> tuple[float, str]:
+    """Total USD of named costs plus fixed items, and a readable breakdown (one line per entry)."""
+    lines = []
+    total = 0.0
+    for label, usd in costs:
+        total += float(usd)
+        lines.append(f"{label}: ${float(usd):.3f}")
+    table = (prices or load_prices())["items"]
+    for name, q, usd in parse_items(items_text, prices):
+        total += usd
+        lines.append(f"{name}: {q:g} {table[name]['unit']}(s) x ${float(table[name]['usd']):.3f} = ${usd:.3f}")
+    total = round(total, 6)
+    lines.append(f"total: ${total:.3f} (estimate)")
+    return total, "\n".join(lines)

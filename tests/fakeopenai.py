@@ -1,0 +1,198 @@
+"""A fake OpenAI Images API on 127.0.0.1 for tests (reusable by any client test of the pack).
+
+It follows the documented contract: ``POST /v1/images/generations`` (JSON body) and
+``POST /v1/images/edits`` (multipart, ``image`` or ``image[]`` files) answer
+``{"created", "data": [{"b64_json"}], "usage"}``; errors use ``{"error": {"message", "type",
+"code"}}``. Images come back small (requested size / ``shrink``) so tests stay fast:
+generation image ``i`` is a solid colour ``gen_color(i)``; an edit returns the first uploaded
+image mirrored left-right.
+
+Behaviour per request is scripted with ``server.script`` (consumed in order), entries:
+``("status", code, headers_dict)`` e.g. ``("status", 429, {"Retry-After": "1"})``, or
+``("hang", seconds)``. Every request is captured in ``server.requests``.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from email.parser import BytesParser
+from email.policy import HTTP
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+from PIL import Image
+
+KNOWN_MODELS = {"gpt-image-1", "gpt-image-1-mini", "gpt-image-1.5", "gpt-image-2"}
+
+
+def gen_color(i: int) -> tuple[int, int, int]:
+    """The solid colour of generated image ``i``."""
+    return (20 + 30 * i, 100, 200)
+
+
+@dataclass
+class Captured:
+    """One request as the server saw it."""
+
+    method: str
+    path: str
+    headers: dict
+    json: dict | None = None
+    form: dict = field(default_factory=dict)
+    files: list = field(default_factory=list)  # [(field name, filename, content type, bytes)]
+
+
+def _png(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _parse_multipart(content_type: str, body: bytes) -> tuple[dict, list]:
+    msg = BytesParser(policy=HTTP).parsebytes(b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body)
+    form, files = {}, []
+    for part in msg.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        filename = part.get_filename()
+        payload = part.get_payload(decode=True)
+        if filename is not None:
+            files.append((name, filename, part.get_content_type(), payload))
+        else:
+            form[name] = payload.decode("utf-8")
+    return form, files
+
+
+class FakeOpenAI(ThreadingHTTPServer):
+    """The server; ``url`` is the base URL to give the client (ends in ``/v1``)."""
+
+    daemon_threads = True
+
+    def __init__(self, api_key: str = "sk-test-0123456789abcdef", shrink: int = 16):
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.api_key = api_key
+        self.shrink = shrink
+        self.script: list[tuple] = []
+        self.requests: list[Captured] = []
+        self.lock = threading.Lock()
+        self.thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    def handle_error(self, request, client_address) -> None:
+        """A client that gave up (timeout, interrupt) leaves a broken pipe: expected here, not noise."""
+        import sys
+
+        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            super().handle_error(request, client_address)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/v1"
+
+    def __enter__(self) -> "FakeOpenAI":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
+        self.server_close()
+
+
+def _error(status: int, message: str, etype: str, code: str | None) -> tuple[int, dict, dict]:
+    return status, {"error": {"message": message, "type": etype, "param": None, "code": code}}, {}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: FakeOpenAI
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args) -> None:  # keep test output quiet
+        pass
+
+    def _send(self, status: int, body: dict, headers: dict | None = None) -> None:
+        raw = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("x-request-id", f"req_fake{len(self.server.requests):04d}")
+        self.send_header("Content-Length", str(len(raw)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(raw)
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server naming)
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length)
+        cap = Captured("POST", self.path, dict(self.headers.items()))
+        ctype = self.headers.get("Content-Type", "")
+        if ctype.startswith("application/json"):
+            cap.json = json.loads(body or b"{}")
+        elif ctype.startswith("multipart/form-data"):
+            cap.form, cap.files = _parse_multipart(ctype, body)
+        with self.server.lock:
+            self.server.requests.append(cap)
+            step = self.server.script.pop(0) if self.server.script else None
+        if step is not None:
+            if step[0] == "hang":
+                time.sleep(step[1])
+                return self._send(*_error(500, "hung", "server_error", None))
+            if step[0] == "status":
+                st, hdrs = step[1], (step[2] if len(step) > 2 else {})
+                msg = "Rate limit reached for images" if st == 429 else "The server had an error while processing your request."
+                return self._send(st, {"error": {"message": msg, "type": "requests" if st == 429 else "server_error", "param": None, "code": None}}, hdrs)
+        auth = self.headers.get("Authorization", "")
+        if auth != f"Bearer {self.server.api_key}":
+            given = auth.removeprefix("Bearer ")
+            # The real API echoes (part of) the key it got: a client must redact it.
+            return self._send(*_error(401, f"Incorrect API key provided: {given}. You can find your API key at https://platform.openai.com/account/api-keys.", "invalid_request_error", "invalid_api_key"))
+        if self.path == "/v1/images/generations":
+            return self._generations(cap)
+        if self.path == "/v1/images/edits":
+            return self._edits(cap)
+        return self._send(*_error(404, f"Invalid URL (POST {self.path})", "invalid_request_error", None))
+
+    def _check(self, params: dict) -> tuple[int, dict, dict] | None:
+        model = params.get("model")
+        if model not in KNOWN_MODELS:
+            return _error(400, f"The model '{model}' does not exist or you do not have access to it.", "invalid_request_error", "model_not_found")
+        if not params.get("prompt"):
+            return _error(400, "Missing required parameter: 'prompt'.", "invalid_request_error", "missing_required_parameter")
+        size = params.get("size", "auto")
+        if size not in ("1024x1024", "1024x1536", "1536x1024", "auto"):
+            return _error(400, f"Invalid value: '{size}'. Supported values are: '1024x1024', '1024x1536', '1536x1024', and 'auto'.", "invalid_request_error", "invalid_value")
+        return None
+
+    def _wh(self, size: str) -> tuple[int, int]:
+        w, h = (1024, 1024) if size == "auto" else map(int, size.split("x"))
+        return w // self.server.shrink, h // self.server.shrink
+
+    def _answer(self, pngs: list[bytes], params: dict) -> None:
+        self._send(200, {
+            "created": int(time.time()),
+            "data": [{"b64_json": base64.b64encode(p).decode()} for p in pngs],
+            "usage": {"total_tokens": 100, "input_tokens": 50, "output_tokens": 50,
+                      "input_tokens_details": {"text_tokens": 50, "image_tokens": 0}},
+            "size": params.get("size"), "quality": params.get("quality"),
+        })
+
+    def _generations(self, cap: Captured) -> None:
+        p = cap.json or {}
+        err = self._check(p)
+        if err:
+            return self._send(*err)
+        w, h = self._wh(p.get("size", "auto"))
+        pngs = [_png(np.full((h, w, 3), gen_color(i), np.uint8)) for i in range(int(p.get("n", 1)))]
+        self._answer(pngs, p)
+
+    def _edits(self, cap: Captured) -> None:
+        err = self._check(cap.form)
+        if err:
+            return self._send(*err)
+        imgs = [f for f in cap.files if f[0] in ("image", "image[]")]
+        if not imgs:
+            return self._send(*_error(400, "Missing required parameter: 'image'.", "invalid_request_error", "missing_required_parameter"))
+        first = np.asarray(Image.open(io.BytesIO(imgs[0][3])).convert("RGB"))
+        pngs = [_png(np.ascontiguousarray(first[:, ::-1])) for _ in range(int(cap.form.get("n", 1)))]
+        self._answer(pngs, cap.form)
