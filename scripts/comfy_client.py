@@ -54,15 +54,18 @@ class RunResult:
 
 
 def output_files(outputs: dict[str, Any]) -> list[dict]:
-    """Every file a prompt's outputs name (images, gifs, videos, audio), with its node id."""
-    found = []
+    """Every file a prompt's outputs name (images, gifs, videos, audio), once each, with its node id."""
+    found, seen = [], set()
     for node_id, out in outputs.items():
         for key, items in out.items():
             if not isinstance(items, list):
                 continue
             for item in items:
                 if isinstance(item, dict) and "filename" in item:
-                    found.append({**item, "node": node_id, "key": key})
+                    ident = (item["filename"], item.get("subfolder", ""), item.get("type", "output"))
+                    if ident not in seen:
+                        seen.add(ident)
+                        found.append({**item, "node": node_id, "key": key})
     return found
 
 
