@@ -40,6 +40,27 @@ def _check_ram_for_images(name: str, frames: int, width: int, height: int) -> No
         )
 
 
+def frames_input(images, stream: FrameStream | None, fps: float, node: str) -> tuple[FrameStream, float]:
+    """The one frame source of a node that takes IMAGE *or* DH_VIDEO_STREAM, as a stream, and its fps.
+
+    ``fps`` <= 0 means the stream's own rate (an IMAGE batch needs an explicit one); a different
+    explicit rate retimes a stream, which is logged because playback speed changes.
+    """
+    if (images is None) == (stream is None):
+        raise ValueError(f"{node}: connect exactly one of 'images' or 'stream' (got {'both' if images is not None else 'neither'})")
+    if stream is None:
+        if not fps or fps <= 0:
+            raise ValueError(f"{node}: fps must be > 0 for IMAGE input, got {fps}")
+        return FrameStream.from_images(images, fps), float(fps)
+    if not isinstance(stream, FrameStream):
+        raise ValueError(f"{node}: 'stream' must be a {VIDEO_STREAM}, got {type(stream).__name__}")
+    if not fps or fps <= 0:
+        return stream, stream.fps
+    if abs(fps - stream.fps) > 1e-6:
+        log.warning("[DigitalHuman] %s: writing the %g fps stream at %g fps (playback speed changes)", node, stream.fps, fps)
+    return stream, float(fps)
+
+
 class DH_LoadVideo:
     """Load a video from ComfyUI's input folder: frames, audio, fps, count, and a lazy stream."""
 
@@ -139,19 +160,7 @@ class DH_SaveVideo:
              crf: int = 19, preset: str = "medium", images=None, stream: FrameStream | None = None, audio=None):
         import folder_paths
 
-        if (images is None) == (stream is None):
-            raise ValueError("DH_SaveVideo: connect exactly one of 'images' or 'stream' "
-                             f"(got {'both' if images is not None else 'neither'})")
-        if stream is None:
-            if fps <= 0:
-                raise ValueError("DH_SaveVideo: fps must be > 0 for IMAGE input")
-            source = FrameStream.from_images(images, fps)
-        else:
-            source = stream
-            if fps <= 0:
-                fps = stream.fps
-            elif abs(fps - stream.fps) > 1e-6:
-                log.warning("[DigitalHuman] DH_SaveVideo: writing the %g fps stream at %g fps (playback speed changes)", stream.fps, fps)
+        source, fps = frames_input(images, stream, fps, "DH_SaveVideo")
         wave = comfy_to_audio(audio, "DH_SaveVideo audio") if audio is not None else None
         if wave is not None and wave[0].shape[1] == 0:
             wave = None  # an empty track (a video without sound): write no audio stream

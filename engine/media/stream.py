@@ -9,7 +9,8 @@ step to the consumer (usually :func:`engine.media.video_write.write_mp4`), so me
 one chunk per step whatever the length.
 
 Contract for the model nodes of later issues (LivePortrait, MuseTalk, ...): accept either an
-IMAGE or a DH_VIDEO_STREAM. For a stream, return ``stream.map_chunks(fn, "<step name>")``
+IMAGE or a DH_VIDEO_STREAM (``nodes.video.frames_input`` turns either into a stream). For a
+stream, return ``stream.map_chunks(fn, "<step name>")``
 where ``fn`` takes one batch and returns a batch of the same length (frames in order; a step
 may keep state across calls, e.g. the last good face box, because chunks arrive in order). The
 node then does no work itself; the work happens while the saver iterates. A stream is
