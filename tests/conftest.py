@@ -21,3 +21,59 @@ def testdata() -> Path:
     if not TESTDATA.is_dir():
         pytest.fail(f"test media not found at {TESTDATA}; set DH_SHARED to the shared folder")
     return TESTDATA
+
+
+@pytest.fixture(scope="session")
+def comfy_modules():
+    """The real ComfyUI modules (``comfy.utils``, ``comfy.model_management``, ``folder_paths``),
+    imported in this process in CPU mode, for node-level tests without a server."""
+    from types import SimpleNamespace
+
+    from comfy_server import find_comfyui
+
+    try:
+        root = find_comfyui()
+    except FileNotFoundError as exc:
+        pytest.fail(str(exc))
+    if str(root) not in sys.path:
+        sys.path.append(str(root))
+    import comfy.cli_args
+
+    comfy.cli_args.args.cpu = True  # no CUDA here; ComfyUI otherwise probes the GPU at import
+    import comfy.model_management
+    import comfy.utils
+    import folder_paths
+
+    return SimpleNamespace(root=root, utils=comfy.utils, mm=comfy.model_management, folder_paths=folder_paths)
+
+
+@pytest.fixture
+def comfy_env(comfy_modules, tmp_path, monkeypatch):
+    """ComfyUI's folders pointed into ``tmp_path`` and its progress hook recorded.
+
+    Yields a namespace with ``dirs`` (input, output, temp, user, models), ``progress`` (the
+    ``(value, total)`` updates every ProgressBar sent) and ``interrupt()`` (press Cancel).
+    """
+    from types import SimpleNamespace
+
+    fp, mm, utils = comfy_modules.folder_paths, comfy_modules.mm, comfy_modules.utils
+    dirs = {k: tmp_path / "comfy" / k for k in ("input", "output", "temp", "user", "models")}
+    for d in dirs.values():
+        d.mkdir(parents=True)
+    monkeypatch.setattr(fp, "input_directory", str(dirs["input"]), raising=False)
+    monkeypatch.setattr(fp, "output_directory", str(dirs["output"]), raising=False)
+    monkeypatch.setattr(fp, "temp_directory", str(dirs["temp"]), raising=False)
+    monkeypatch.setattr(fp, "user_directory", str(dirs["user"]), raising=False)
+    monkeypatch.setattr(fp, "models_dir", str(dirs["models"]), raising=False)
+    if hasattr(fp, "get_user_directory"):
+        monkeypatch.setattr(fp, "get_user_directory", lambda: str(dirs["user"]))
+    names = dict(fp.folder_names_and_paths)
+    for key, (paths, exts) in names.items():
+        monkeypatch.setitem(fp.folder_names_and_paths, key, ([str(dirs["models"] / key)], exts))
+    progress: list[tuple[int, int]] = []
+    utils.set_progress_bar_global_hook(lambda value, total, preview=None, *a, **k: progress.append((value, total)))
+    mm.interrupt_current_processing(False)
+    yield SimpleNamespace(dirs=dirs, progress=progress, interrupt=lambda: mm.interrupt_current_processing(True),
+                          modules=comfy_modules)
+    mm.interrupt_current_processing(False)
+    utils.set_progress_bar_global_hook(None)
