@@ -12,6 +12,8 @@ Rules (documented, tested):
 * Order (the pick rule 'largest'): by box area, largest first; faces whose areas are within
   :data:`EQUAL_SIZE_TOL` of each other count as equal size and are ordered left to right
   (then top to bottom) by box centre.
+* A detection whose face-mesh presence score is below :data:`MIN_PRESENCE` is dropped (the
+  mesh network's own "is there a face in this crop" output, as MediaPipe uses it).
 * Landmarks are computed twice: from the detection ROI, then from the ROI of those landmarks
   (MediaPipe's tracking ROI), which centres the face in the mesh crop and steadies the points.
 
@@ -36,6 +38,7 @@ from .weights import find_model_file
 MIN_FACE_PX = 20
 FULL_RANGE_FALLBACK_SCORE = 0.75
 EQUAL_SIZE_TOL = 0.10
+MIN_PRESENCE = 0.5
 CHUNK = 16
 
 
@@ -118,6 +121,8 @@ class FaceAnalyzer:
             lmk, prob = self._mesh.run([imgs[k] for k, *_ in jobs], [roi_from_landmarks(l) for l in lmk])
         res: list[list[Face]] = [[] for _ in imgs]
         for (k, box, kps, score), l, p in zip(jobs, lmk, prob):
+            if p < MIN_PRESENCE:
+                continue
             res[k].append(Face(box=box.astype(np.float32), score=float(score), landmarks=l,
                                pose=head_pose(l), keypoints=kps.astype(np.float32), presence=float(p)))
         return res

@@ -130,7 +130,7 @@ def test_pose_signs(testdata):
 
 
 def test_turned_face_yaw_sign(testdata):
-    """In yongen.mp4 the head turns; yaw follows the nose's horizontal offset from the cheeks."""
+    """Yaw sign agrees with the nose's horizontal offset from the cheek midpoint (d20.mp4 frames)."""
     _, batch = frames(testdata / "d20.mp4", 25)
     for faces in fa().detect_batch(batch):
         lm = faces[0].landmarks
@@ -172,11 +172,12 @@ def test_tiny_and_huge_images(testdata):
     img = load(testdata, "s0.jpg")
     tiny = cv2.resize(img, (50, 58), interpolation=cv2.INTER_AREA)  # shorter side < 64 px
     assert fa().detect(tiny) == []
-    huge = np.zeros((4320, 7680, 3), np.uint8)  # 8K frame with the portrait scaled x6 in the middle
-    huge[:4224, 1920:5520] = cv2.resize(img, (3600, 4224), interpolation=cv2.INTER_LINEAR)
+    head = img[40:280, 200:440]  # 240x240 around the face
+    huge = np.zeros((4320, 7680, 3), np.uint8)  # 8K frame, the head scaled x18 in the middle
+    huge[:, 1680:6000] = cv2.resize(head, (4320, 4320), interpolation=cv2.INTER_LINEAR)
     faces = fa().detect(huge)
     assert len(faces) == 1
-    ref = fa().detect(img)[0].box * 6 + np.array([1920, 0, 1920, 0])
+    ref = (fa().detect(img)[0].box - np.array([200, 40, 200, 40])) * 18 + np.array([1680, 0, 1680, 0])
     assert iou(faces[0].box, ref) > 0.6
 
 
