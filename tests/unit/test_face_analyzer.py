@@ -91,7 +91,7 @@ def test_face_in_every_sampled_video_frame(testdata, video, step):
 
 def test_eye_ratio_drops_where_eyes_narrow(testdata):
     """d20.mp4: eyes open in frames 0-59, squinted/closing in 130-174 (checked by eye on the frames)."""
-    idx, batch = frames(testdata / "d20.mp4", 3)
+    idx, batch = frames(testdata / "d20.mp4", 5)
     res = fa().detect_batch(batch)
     r = np.array([eye_open_ratio(x[0].landmarks).mean() for x in res])
     idx = np.array(idx)
@@ -213,3 +213,17 @@ def test_order_faces_rule():
     got = [int(f.box[0]) for f in order_faces(fs)]
     assert got == [500, 0, 300, 100]
     assert an.EQUAL_SIZE_TOL == 0.10
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype_name", ["float32", "float16"])
+def test_cuda_matches_cpu(testdata, dtype_name):
+    import torch
+
+    img = load(testdata, "s0.jpg")
+    _, batch = frames(testdata / "d20.mp4", 20)
+    gpu = FaceAnalyzer(device="cuda", dtype=getattr(torch, dtype_name))
+    for ref, got in zip(fa().detect_batch([img, *batch]), gpu.detect_batch([img, *batch])):
+        assert len(ref) == len(got) == 1
+        assert np.abs(ref[0].landmarks[:, :2] - got[0].landmarks[:, :2]).mean() < (0.1 if dtype_name == "float32" else 0.6)
