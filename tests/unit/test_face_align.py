@@ -124,3 +124,19 @@ def test_paste_back_bad_input():
         paste_back(np.zeros((10, 10, 3), np.uint8), np.zeros((4, 4, 3), np.uint8), np.eye(3), np.zeros((3, 3)))
     with pytest.raises(ValueError, match="frame must be uint8"):
         paste_back(np.zeros((10, 10), np.uint8), np.zeros((4, 4, 3), np.uint8), np.eye(3))
+
+
+# M_o2c[:2] computed by LivePortrait's own crop_image (src/utils/crop.py, run once offline) on the
+# 68 points that to_ibug68 picks from these seeded points; rounded to 5 decimals (it works in float32).
+LP_REFERENCE = {
+    (2.3, -0.125, 512): [[-0.05048, -1.11142, 487.75671], [1.11142, -0.05048, 110.31198]],
+    (2.2, -0.1, 256): [[-0.02639, -0.58097, 249.14555], [0.58097, -0.02639, 43.99036]],
+}
+
+
+@pytest.mark.parametrize("key", list(LP_REFERENCE))
+def test_crop_transform_matches_liveportrait_output(key):
+    scale, vy, dsize = key
+    pts = np.random.default_rng(7).uniform(100, 300, (468, 3))
+    ci = crop_liveportrait(np.zeros((400, 400, 3), np.uint8), pts, dsize=dsize, scale=scale, vy_ratio=vy)
+    assert np.allclose(ci.M_o2c[:2], LP_REFERENCE[key], atol=2e-3)
