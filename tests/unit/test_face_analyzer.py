@@ -130,15 +130,18 @@ def test_pose_signs(testdata):
 
 
 def test_turned_face_yaw_sign(testdata):
-    """Yaw sign agrees with the nose's horizontal offset from the cheek midpoint (d20.mp4 frames)."""
-    _, batch = frames(testdata / "d20.mp4", 25)
+    """Yaw sign agrees with the nose's horizontal offset from the cheek midpoint (d20.mp4 frames and mirrors)."""
+    _, batch = frames(testdata / "d20.mp4", 50)
+    batch = np.concatenate([batch, np.ascontiguousarray(batch[:, :, ::-1])])
+    signs = []
     for faces in fa().detect_batch(batch):
         lm = faces[0].landmarks
         mid = (lm[234, 0] + lm[454, 0]) / 2
         nose_off = (lm[1, 0] - mid) / (lm[454, 0] - lm[234, 0])
-        yaw = faces[0].pose[0]
-        if abs(nose_off) > 0.03:
-            assert np.sign(yaw) == -np.sign(nose_off), (yaw, nose_off)
+        assert abs(nose_off) > 0.03  # the head is turned in this clip
+        assert np.sign(faces[0].pose[0]) == -np.sign(nose_off), (faces[0].pose, nose_off)
+        signs.append(np.sign(nose_off))
+    assert set(signs) == {-1.0, 1.0}
 
 
 # --- input formats ----------------------------------------------------------------------------
