@@ -17,13 +17,16 @@ Rules (documented, tested):
 * Landmarks are computed twice: from the detection ROI, then from the ROI of those landmarks
   (MediaPipe's tracking ROI), which centres the face in the mesh crop and steadies the points.
 
-Backends: :class:`FaceAnalyzer` is the interface; an opt-in InsightFace backend (non-commercial
-weights) would subclass it and override :meth:`FaceAnalyzer._detect_chunk`.
+Extension point (opt-in backends such as InsightFace, whose weights are non-commercial): pass
+an object implementing :class:`DetectorBackend` as ``detector``. It supplies boxes, eye
+keypoints and scores; the 468 landmarks, pose, ordering and everything downstream stay the
+same. A backend with its own dense landmarks would subclass :class:`FaceAnalyzer` and override
+:meth:`FaceAnalyzer._detect_chunk`.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
 import torch
@@ -40,6 +43,17 @@ FULL_RANGE_FALLBACK_SCORE = 0.75
 EQUAL_SIZE_TOL = 0.10
 MIN_PRESENCE = 0.5
 CHUNK = 16
+
+
+@runtime_checkable
+class DetectorBackend(Protocol):
+    """A face detector: per frame, [(box xyxy px [4], keypoints px [K>=2, 2], score)].
+
+    Keypoints 0 and 1 must be the eye on the image's left and the one on its right (they
+    level the landmark crop); the order of the list does not matter.
+    """
+
+    def detect(self, frames: list[np.ndarray]) -> list[list[tuple]]: ...
 
 
 def order_faces(faces: list[Face], tol: float = EQUAL_SIZE_TOL) -> list[Face]:
@@ -61,9 +75,12 @@ class FaceAnalyzer:
     """Detect faces, 468 landmarks and head pose on uint8 RGB images."""
 
     def __init__(self, device="cpu", dtype: torch.dtype = torch.float32, weights_dir: str | Path | None = None,
-                 detector: str = "auto", min_face: int = MIN_FACE_PX, refine: bool = True):
-        if detector not in ("auto", "short", "full"):
-            raise ValueError(f"detector must be 'auto', 'short' or 'full', got '{detector}'")
+                 detector: "str | DetectorBackend" = "auto", min_face: int = MIN_FACE_PX, refine: bool = True):
+        self._custom = detector if isinstance(detector, DetectorBackend) and not isinstance(detector, str) else None
+        if self._custom is not None:
+            detector = "custom"
+        elif detector not in ("auto", "short", "full"):
+            raise ValueError(f"detector must be 'auto', 'short', 'full' or a DetectorBackend, got {detector!r}")
         self.device = torch.device(device)
         self.dtype = dtype
         self.detector = detector
@@ -95,6 +112,9 @@ class FaceAnalyzer:
         return out
 
     def _raw_detections(self, imgs: list[np.ndarray]) -> list[list[tuple]]:
+        if self._custom is not None:
+            return [[(np.asarray(b, np.float64), np.asarray(k, np.float64), float(s)) for b, k, s in d]
+                    for d in self._custom.detect(imgs)]
         if self.detector == "full":
             return self._full.detect(imgs)
         dets = self._short.detect(imgs)

@@ -230,3 +230,25 @@ def test_cuda_matches_cpu(testdata, dtype_name):
     for ref, got in zip(fa().detect_batch([img, *batch]), gpu.detect_batch([img, *batch])):
         assert len(ref) == len(got) == 1
         assert np.abs(ref[0].landmarks[:, :2] - got[0].landmarks[:, :2]).mean() < (0.1 if dtype_name == "float32" else 0.6)
+
+
+def test_custom_detector_backend(testdata):
+    """The extension point: a foreign detector's boxes + eye points feed the same mesh stage."""
+    img = load(testdata, "s0.jpg")
+    ref = fa().detect(img)[0]
+
+    class OneBox:
+        def __init__(self):
+            self.calls = 0
+
+        def detect(self, frames):
+            self.calls += 1
+            return [[(ref.box + 3.0, ref.keypoints[:5], 0.77)] for _ in frames]
+
+    det = OneBox()
+    custom = FaceAnalyzer(detector=det)
+    f = custom.detect(img)[0]
+    assert det.calls == 1 and f.score == pytest.approx(0.77)
+    assert np.abs(f.landmarks[:, :2] - ref.landmarks[:, :2]).mean() < 1.0
+    with pytest.raises(ValueError, match="detector must be"):
+        FaceAnalyzer(detector="insightface")
