@@ -1,7 +1,6 @@
 """Tracking rules (pick, identity, missing frames), smoothing, and a real run on d20.mp4."""
 from __future__ import annotations
 
-import functools
 
 import av
 import numpy as np
