@@ -3,17 +3,16 @@
 A face frame is built from the mesh itself: x along the outer eye corners (33 -> 263), y from
 forehead to chin (10 -> 152) made orthogonal to x, z = x cross y (away from the camera for a
 frontal face). The face's forward direction is -z. This needs no 3-D face template and is
-accurate to a few degrees for moderate poses; sign conventions are in :mod:`.types`.
+good to a few degrees for yaw and roll at moderate poses. Pitch is measured on the forehead
+(10) -> chin (152) line, which leans relative to the camera axis on real faces: frontal
+portraits read roughly -15..0 degrees, so use pitch for relative changes or coarse checks.
+Sign conventions are in :mod:`.types`.
 """
 from __future__ import annotations
 
 import math
 
 import numpy as np
-
-# Pitch of the forehead->chin line of a frontal mesh (the face plane leans back a little);
-# measured on frontal faces so that a frontal face reads pitch ~ 0.
-PITCH_OFFSET_DEG = 0.0
 
 
 def head_pose(lmk: np.ndarray) -> tuple[float, float, float]:
@@ -27,6 +26,6 @@ def head_pose(lmk: np.ndarray) -> tuple[float, float, float]:
     ez = np.cross(ex, ey)
     n = -ez  # forward (towards the camera for a frontal face: z negative)
     yaw = math.degrees(math.atan2(-n[0], -n[2]))
-    pitch = math.degrees(math.atan2(-n[1], math.hypot(n[0], n[2]))) - PITCH_OFFSET_DEG
+    pitch = math.degrees(math.atan2(-n[1], math.hypot(n[0], n[2])))
     roll = math.degrees(math.atan2(ex[1], ex[0]))
     return float(yaw), float(pitch), float(roll)
