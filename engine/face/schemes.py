@@ -7,6 +7,8 @@
   ``calc_lip_close_ratio`` semantics: lid gap / eye width per eye (eye on the image's left
   first, as LivePortrait's landmark order), inner-lip gap / mouth width. Bigger = more open.
 * :func:`musetalk_box` - MuseTalk's ``get_landmark_and_bbox`` rule on the 68 points.
+* :func:`latentsync_points` - the three points LatentSync aligns on (brow centres, nose
+  centre), which it takes from InsightFace's 106 points; here from the mesh's brow and nose.
 """
 from __future__ import annotations
 
@@ -90,3 +92,16 @@ def musetalk_box(lmk468: np.ndarray, bbox_shift: int = 0, version: str = "v1", e
         if frame_height is not None:
             bottom = min(bottom, int(frame_height))
     return x0, top, x1, bottom
+
+
+# Brow outlines (upper and lower edge), image-left brow first; nose tip, bridge and wings.
+BROW_POINTS = ((70, 63, 105, 66, 107, 46, 53, 52, 65, 55), (300, 293, 334, 296, 336, 276, 283, 282, 295, 285))
+NOSE_POINTS = (1, 4, 5, 195, 98, 327)
+
+
+def latentsync_points(lmk468: np.ndarray) -> np.ndarray:
+    """[3, 2]: centre of the brow on the image's left, of the one on its right, and of the nose
+    (LatentSync's alignment points, in the order of its face template)."""
+    p = _check(lmk468)[:, :2].astype(np.float64)
+    pts = [p[list(BROW_POINTS[0])].mean(0), p[list(BROW_POINTS[1])].mean(0), p[list(NOSE_POINTS)].mean(0)]
+    return np.array(pts, np.float32)

@@ -121,3 +121,18 @@ def test_musetalk_box_v15_and_errors(testdata):
         musetalk_box(bad)
     with pytest.raises(ValueError, match="version must be"):
         musetalk_box(lm, version="v2")
+
+
+def test_latentsync_points(testdata):
+    from comfyui_digitalhuman.engine.face.schemes import latentsync_points
+
+    _, lm, _ = s0(str(testdata))
+    p68 = to_ibug68(lm)
+    q = latentsync_points(lm)
+    assert q.shape == (3, 2)
+    # brow centres lie between the ends of each brow (iBUG 17-21 and 22-26), the nose centre on the nose
+    for c, (a, b) in zip(q[:2], ((17, 21), (22, 26))):
+        assert p68[a, 0] < c[0] < p68[b, 0]
+        assert abs(c[1] - p68[a:b + 1, 1].mean()) < 0.15 * (p68[b, 0] - p68[a, 0])
+    assert q[0, 0] < q[2, 0] < q[1, 0]
+    assert p68[27, 1] < q[2, 1] < p68[33, 1] + 3
