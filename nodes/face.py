@@ -144,7 +144,10 @@ class DH_FacePreview:
         frames = image_to_uint8(images)
         pb = Progress(len(frames))
         if face_track is None:
-            faces = _analyzer("auto").detect_batch(frames)
+            fa, faces = _analyzer("auto"), []
+            for s in range(0, len(frames), 16):
+                check_interrupt()
+                faces += fa.detect_batch(frames[s : s + 16])
             items = [[(f.box, f.landmarks, f.pose, f"#{k}") for k, f in enumerate(fs)] for fs in faces]
         else:
             if len(face_track) < len(frames):
