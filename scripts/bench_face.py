@@ -68,6 +68,17 @@ def main() -> None:
     for w, h in ((512, 512), (1280, 720)):
         ms, found = bench(fa, canvas(src, w, h), a.batch, sync)
         print(f"{w}x{h}: {ms:7.1f} ms/frame ({1000 / ms:6.1f} fps), face found in {found}/{a.frames}")
+    # network forward passes alone (batched), to tell compute from pre/post-processing
+    for label, net, size in (("short-range detector", fa._short.net, 128), ("face mesh (x2 per face)", fa._mesh.net, 192)):
+        x = torch.rand(a.batch, size, size, 3, device=a.device, dtype=dtype)
+        with torch.inference_mode():
+            net(x)
+            sync()
+            t = time.perf_counter()
+            for _ in range(3):
+                net(x)
+            sync()
+        print(f"{label}: {(time.perf_counter() - t) * 1000 / (3 * a.batch):6.2f} ms/image forward")
 
 
 if __name__ == "__main__":
