@@ -6,7 +6,9 @@ the file's own operator list guarantees that the PyTorch network is exactly the 
 (strides, paddings, channel-padding residuals, FPN upsampling) with no architecture to keep in
 sync. Weights are converted once at construction (OHWI -> OIHW, fp16 DEQUANTIZE folded to
 float) and stored as buffers, so ``.to(device, dtype)`` and batching work as usual. Activations
-are kept NCHW internally; graph outputs are returned in TFLite's NHWC layout.
+are indexed NCHW but stored channels_last (the NHWC input is only permuted, never copied),
+and kernels are stored channels_last too, which keeps oneDNN/cuDNN from reordering memory at
+every layer; graph outputs are returned in TFLite's NHWC layout.
 """
 from __future__ import annotations
 
@@ -66,7 +68,10 @@ class TFLiteGraph(torch.nn.Module):
         """Register a converted constant as a buffer named after its TFLite tensor."""
         base = re.sub(r"[^0-9A-Za-z_]", "_", tensors[tensor_index].name) or f"t{tensor_index}"
         name = f"{base}_{tensor_index}"
-        self.register_buffer(name, torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)))
+        t = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+        if t.ndim == 4:  # activations are NHWC in memory (channels_last): keep kernels alike (~5x faster on CPU)
+            t = t.contiguous(memory_format=torch.channels_last)
+        self.register_buffer(name, t)
         return name
 
     def _build(self, op: TFOperator, t, const) -> Callable:
