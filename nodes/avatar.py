@@ -120,19 +120,6 @@ class DH_OpenAIImage:
         return (uint8_to_image(np.stack(res.images)), float(res.cost_usd))
 
 
-_ANALYZER = None
-
-
-def _analyzer():
-    """One face analyzer per ComfyUI process (loading it is the slow part)."""
-    global _ANALYZER
-    if _ANALYZER is None:
-        import comfy.model_management as mm
-
-        from ..engine.face.analyzer import FaceAnalyzer
-
-        _ANALYZER = FaceAnalyzer(device=str(mm.get_torch_device()))
-    return _ANALYZER
 
 
 class DH_PortraitCheck:
@@ -161,7 +148,9 @@ class DH_PortraitCheck:
     def check(self, images: torch.Tensor, crop_size: int):
         frames = image_to_uint8(images)
         bar = Progress(len(frames))
-        analyzer = _analyzer()
+        from ..model_loaders.face import load_face_analyzer
+
+        analyzer = load_face_analyzer()
         reports, crops = [], []
         for i, frame in enumerate(frames):
             check_interrupt()

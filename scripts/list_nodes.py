@@ -2,6 +2,7 @@
 """Print the pack's nodes as a Markdown table (for the README), grouped by category."""
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -18,7 +19,8 @@ def main() -> None:
     for node_id, cls in nodes.NODE_CLASS_MAPPINGS.items():
         name = nodes.NODE_DISPLAY_NAME_MAPPINGS.get(node_id, node_id)
         desc = " ".join(getattr(cls, "DESCRIPTION", "").split())
-        rows.append((cls.CATEGORY, node_id, name, desc.split(". ")[0].rstrip(".") + "."))
+        first = re.split(r"(?<!e\.g)(?<!i\.e)\.\s+(?=[A-Z])", desc)[0].rstrip(".")
+        rows.append((cls.CATEGORY, node_id, name, first + "."))
     print("| category | node id | name | what it does |\n|---|---|---|---|")
     for cat, node_id, name, desc in sorted(rows):
         print(f"| {cat.split('/', 1)[1]} | `{node_id}` | {name} | {desc} |")

@@ -46,3 +46,21 @@ def test_every_node_documents_itself(pack_nodes):
             for name, spec in inputs.items():
                 opts = spec[1] if len(spec) > 1 else {}
                 assert opts.get("tooltip"), f"{node_id}.{name} has no tooltip"
+
+
+def test_catalogue_names_only_real_nodes(pack_nodes):
+    from comfyui_digitalhuman.model_loaders.catalog import load_catalog
+
+    for entry in load_catalog().values():
+        unknown = set(entry.nodes) - set(pack_nodes.NODE_CLASS_MAPPINGS)
+        assert not unknown, f"catalogue entry {entry.id} names unknown nodes {sorted(unknown)}"
+
+
+def test_loaders_ask_only_for_catalogued_files():
+    from comfyui_digitalhuman.model_loaders import face
+    from comfyui_digitalhuman.model_loaders.catalog import load_catalog
+
+    ids = set(load_catalog())
+    for module in (face,):
+        missing = set(module.CATALOG_IDS) - ids
+        assert not missing, f"{module.__name__} asks for {sorted(missing)}, not in the catalogue"

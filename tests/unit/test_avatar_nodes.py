@@ -1,12 +1,10 @@
-"""Step 1 node classes with a stand-in for ComfyUI's progress/interrupt modules and the fake OpenAI server."""
+"""Step 1 node classes run against the real ComfyUI modules and the fake OpenAI server."""
 from __future__ import annotations
 
 import functools
 import json
 import logging
 import re
-import sys
-import types
 
 import numpy as np
 import pytest
@@ -18,43 +16,11 @@ KEY = "sk-nodetest-abcdef0123456789"
 SECRET_NAME = re.compile(r"key|token|secret|auth|password|credential", re.I)
 
 
-class _Bar:
-    instances: list["_Bar"] = []
-
-    def __init__(self, total):
-        self.total, self.value = total, 0
-        _Bar.instances.append(self)
-
-    def update_absolute(self, value, total=None, preview=None):
-        self.value = value
-
-
 @pytest.fixture()
-def comfy_stub(monkeypatch, tmp_path):
-    """Minimal ``comfy`` and ``folder_paths`` modules: a progress bar, an interrupt flag, a user dir."""
-    state = {"interrupt": False}
-
-    class Interrupted(Exception):
-        pass
-
-    def throw():
-        if state["interrupt"]:
-            raise Interrupted("Processing interrupted")
-
-    comfy = types.ModuleType("comfy")
-    utils = types.ModuleType("comfy.utils")
-    utils.ProgressBar = _Bar
-    mm = types.ModuleType("comfy.model_management")
-    mm.throw_exception_if_processing_interrupted = throw
-    mm.get_torch_device = lambda: torch.device("cpu")
-    comfy.utils, comfy.model_management = utils, mm
-    fp = types.ModuleType("folder_paths")
-    fp.user_directory = str(tmp_path / "user")  # the 2024 API: a module attribute, no getter
-    for name, mod in (("comfy", comfy), ("comfy.utils", utils), ("comfy.model_management", mm), ("folder_paths", fp)):
-        monkeypatch.setitem(sys.modules, name, mod)
-    state["Interrupted"] = Interrupted
-    state["user_dir"] = tmp_path / "user"
-    return state
+def comfy_stub(comfy_env):
+    """The real ComfyUI modules: folders in tmp, progress recorded, Cancel on demand."""
+    return {"user_dir": comfy_env.dirs["user"], "env": comfy_env,
+            "Interrupted": comfy_env.modules.mm.InterruptProcessingException}
 
 
 @pytest.fixture()
@@ -115,7 +81,7 @@ def server(monkeypatch):
         yield s
 
 
-def test_openai_node_generates_image_batch(nodes, server, caplog):
+def test_openai_node_generates_image_batch(nodes, server, caplog, comfy_stub):
     caplog.set_level(logging.DEBUG)
     images, cost = nodes.DH_OpenAIImage().generate("a portrait", "gpt-image-1", "1024x1536", "low", "opaque", 2, 7)
     assert images.shape == (2, 96, 64, 3) and images.dtype == torch.float32
@@ -123,7 +89,7 @@ def test_openai_node_generates_image_batch(nodes, server, caplog):
         assert torch.allclose(images[i, 0, 0], torch.tensor(gen_color(i), dtype=torch.float32) / 255)
     assert cost == pytest.approx(2 * 0.016)
     assert server.requests[0].json["n"] == 2 and "run_id" not in server.requests[0].json
-    assert _Bar.instances[-1].value == 1
+    assert comfy_stub["env"].progress[-1][0] == 1
     assert all(KEY not in r.getMessage() for r in caplog.records)
 
 
@@ -148,7 +114,7 @@ def test_openai_node_honours_interrupt_while_waiting(nodes, server, comfy_stub):
     import time
 
     server.script = [("hang", 3.0)]
-    threading.Timer(0.3, lambda: comfy_stub.__setitem__("interrupt", True)).start()
+    threading.Timer(0.3, comfy_stub["env"].interrupt).start()
     t0 = time.monotonic()
     with pytest.raises(comfy_stub["Interrupted"]):
         nodes.DH_OpenAIImage().generate("p", "gpt-image-1", "1024x1024", "low", "auto", 1, 0)
@@ -179,7 +145,7 @@ def test_portrait_check_node_batch(nodes, monkeypatch):
     def cropper(image, lmk, dsize=512):
         return SimpleNamespace(crop=np.full((dsize, dsize, 3), 9, np.uint8))
 
-    monkeypatch.setattr(nodes, "_ANALYZER", Analyzer())
+    monkeypatch.setattr("comfyui_digitalhuman.model_loaders.face.load_face_analyzer", lambda: Analyzer())
     monkeypatch.setattr(nodes, "check_portrait", functools.partial(nodes.check_portrait, cropper=cropper))
     batch = torch.from_numpy(np.stack([good, blank])).float() / 255
     out = nodes.DH_PortraitCheck().check(batch, 256)

@@ -212,29 +212,7 @@ def test_candidate_dirs_follow_folder_paths(tmp_path, monkeypatch):
 
 # -- node and CLI ------------------------------------------------------------------------------
 
-def _fake_comfy(monkeypatch) -> list[tuple[int, int]]:
-    updates: list[tuple[int, int]] = []
-
-    class ProgressBar:
-        def __init__(self, total):
-            self.total = total
-
-        def update_absolute(self, value, total=None, preview=None):
-            updates.append((value, total))
-
-    comfy = types.ModuleType("comfy")
-    utils = types.ModuleType("comfy.utils")
-    utils.ProgressBar = ProgressBar
-    mm = types.ModuleType("comfy.model_management")
-    mm.throw_exception_if_processing_interrupted = lambda: None
-    comfy.utils, comfy.model_management = utils, mm
-    monkeypatch.setitem(sys.modules, "comfy", comfy)
-    monkeypatch.setitem(sys.modules, "comfy.utils", utils)
-    monkeypatch.setitem(sys.modules, "comfy.model_management", mm)
-    return updates
-
-
-def test_download_models_node(tmp_path, monkeypatch):
+def test_download_models_node(tmp_path, monkeypatch, comfy_env):
     from comfyui_digitalhuman.nodes import models as node_mod
 
     node = node_mod.DH_DownloadModels
@@ -244,8 +222,7 @@ def test_download_models_node(tmp_path, monkeypatch):
     assert node.OUTPUT_NODE and node.RETURN_TYPES == ("STRING",) and node.CATEGORY.endswith("Models")
     assert node_mod.NODE_CLASS_MAPPINGS == {"DH_DownloadModels": node}
 
-    updates = _fake_comfy(monkeypatch)
-    monkeypatch.delitem(sys.modules, "folder_paths", raising=False)
+    updates = comfy_env.progress
     monkeypatch.setenv("DH_MODELS_DIR", str(tmp_path))
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     with FakeHub() as hub:
