@@ -7,9 +7,10 @@ generated face is pasted into the region and the region into the frame through t
 
 Modes (which classes make the mask):
 
-- ``jaw`` (MuseTalk 1.5's default): skin grown downwards by a cone-shaped dilation (room for an
-  opening jaw), eroded again on the cheeks (outside the centre +-90 px of the 512 map) so the
-  cheeks stay put, nose removed, lips and mouth added;
+- ``jaw`` (MuseTalk 1.5's default): skin dilated with a cone-and-bar kernel (with OpenCV's
+  anchor convention this extends the region up to 16 px upwards and a little sideways), eroded
+  again horizontally on the cheeks (outside the centre +-90 px of the 512 map) so the face
+  outline stays put, nose removed, lips and mouth added;
 - ``raw`` (MuseTalk 1.0): skin + mouth + lips;
 - ``mouth``: only the lips and the inner mouth, dilated a little: the least change to the face
   (this pack's addition).
@@ -21,6 +22,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import torch
+from PIL import Image
 
 from .bisenet import LOWER_LIP, MOUTH, NOSE, SKIN, UPPER_LIP, BiSeNet
 
@@ -32,7 +34,7 @@ BLUR_RATIO = 0.05  # scripts/inference.py; the reference's real-time script uses
 
 
 def _cone_kernel(cone: int = 21, tail: int = 12) -> np.ndarray:
-    """A downward cone then a vertical bar: dilating with it grows the skin region towards the chin."""
+    """The reference's jaw kernel: a widening cone (rows 10..20) above a vertical bar (rows 21..32)."""
     size = cone + tail
     k = np.zeros((size, size), np.uint8)
     c = size // 2
@@ -85,7 +87,7 @@ def blend_region(box: tuple[int, int, int, int], expand: float = EXPAND) -> tupl
 
 
 def crop_padded(image: np.ndarray, region: tuple[int, int, int, int]) -> np.ndarray:
-    """``image[y0:y1, x0:x1]`` with the parts outside the image black."""
+    """``image[y0:y1, x0:x1]`` with the parts outside the image black (PIL's crop semantics)."""
     x0, y0, x1, y1 = region
     h, w = image.shape[:2]
     out = np.zeros((y1 - y0, x1 - x0) + image.shape[2:], image.dtype)
@@ -97,12 +99,12 @@ def crop_padded(image: np.ndarray, region: tuple[int, int, int, int]) -> np.ndar
 
 def region_mask(parsed512: np.ndarray, box: tuple[int, int, int, int], region: tuple[int, int, int, int],
                 blur_ratio: float = BLUR_RATIO, upper_boundary: float = UPPER_BOUNDARY) -> np.ndarray:
-    """The blend mask (uint8, region size) from the 512 class mask: kept inside the face box and the
-    region's lower part only, then Gaussian-blurred."""
+    """The blend mask (uint8, region size) from the 512 class mask: resized to the region (PIL bicubic, as
+    the reference), kept inside the face box and the region's lower part only, then Gaussian-blurred."""
     x, y, x1, y1 = box
     rx, ry, rx1, ry1 = region
     rw, rh = rx1 - rx, ry1 - ry
-    full = cv2.resize(parsed512, (rw, rh), interpolation=cv2.INTER_LINEAR)
+    full = np.asarray(Image.fromarray(parsed512).resize((rw, rh), Image.BICUBIC))
     mask = np.zeros((rh, rw), np.uint8)
     bx0, by0 = max(x - rx, 0), max(y - ry, 0)
     bx1, by1 = min(x1 - rx, rw), min(y1 - ry, rh)
@@ -110,6 +112,11 @@ def region_mask(parsed512: np.ndarray, box: tuple[int, int, int, int], region: t
     mask[:int(rh * upper_boundary)] = 0
     k = int(blur_ratio * rw // 2 * 2) + 1
     return cv2.GaussianBlur(mask, (k, k), 0)
+
+
+def parse_input(frame: np.ndarray, region: tuple[int, int, int, int]) -> np.ndarray:
+    """The 512x512 uint8 RGB image BiSeNet parses: the region, black outside the frame, PIL-bilinear resized."""
+    return np.asarray(Image.fromarray(crop_padded(frame, region)).resize((PARSE_SIZE, PARSE_SIZE), Image.BILINEAR))
 
 
 @torch.no_grad()
@@ -120,8 +127,7 @@ def make_masks(parser: BiSeNet, frames: list[np.ndarray], boxes: list[tuple[int,
     if not frames:
         return []
     regions = [blend_region(b) for b in boxes]
-    crops = [cv2.resize(crop_padded(f, r), (PARSE_SIZE, PARSE_SIZE), interpolation=cv2.INTER_LINEAR)
-             for f, r in zip(frames, regions)]
+    crops = [parse_input(f, r) for f, r in zip(frames, regions)]
     x = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float().div_(255.0)
     classes = parser.parse(x).cpu().numpy()
     return [(region_mask(classes_to_mask(c, mode, cheek_width), b, r, blur_ratio), r)
@@ -130,22 +136,12 @@ def make_masks(parser: BiSeNet, frames: list[np.ndarray], boxes: list[tuple[int,
 
 def paste(frame: np.ndarray, face: np.ndarray, box: tuple[int, int, int, int], mask: np.ndarray,
           region: tuple[int, int, int, int]) -> np.ndarray:
-    """A copy of ``frame`` with ``face`` (already box-sized) put in ``box``, blended through ``mask`` over ``region``.
-
-    ``out = frame + (patch - frame) * mask / 255`` rounded, the same compositing as PIL's paste with an
-    "L" mask (within one grey level); pixels where the mask is 0 are bit-exact copies.
-    """
+    """A new frame: ``face`` (already box-sized) put in ``box`` of the region, and the region composited
+    over ``frame`` through ``mask`` (PIL's paste, as the reference; where the mask is 0 the frame is kept)."""
     x, y, x1, y1 = box
-    rx, ry, rx1, ry1 = region
+    rx, ry, _, _ = region
     patch = crop_padded(frame, region)
     patch[y - ry:y1 - ry, x - rx:x1 - rx] = face
-    out = frame.copy()
-    h, w = frame.shape[:2]
-    sx0, sy0, sx1, sy1 = max(rx, 0), max(ry, 0), min(rx1, w), min(ry1, h)
-    if sx1 <= sx0 or sy1 <= sy0:
-        return out
-    src = patch[sy0 - ry:sy1 - ry, sx0 - rx:sx1 - rx].astype(np.int32)
-    dst = out[sy0:sy1, sx0:sx1].astype(np.int32)
-    m = mask[sy0 - ry:sy1 - ry, sx0 - rx:sx1 - rx].astype(np.int32)[..., None]
-    out[sy0:sy1, sx0:sx1] = (dst + np.floor_divide((src - dst) * m * 2 + 255, 510)).astype(np.uint8)
-    return out
+    body = Image.fromarray(np.ascontiguousarray(frame))
+    body.paste(Image.fromarray(patch), (rx, ry), Image.fromarray(mask))
+    return np.asarray(body)

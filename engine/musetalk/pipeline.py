@@ -100,7 +100,7 @@ def predict_latents(unet: torch.nn.Module, latents: torch.Tensor, audio_windows:
 def decode_faces(vae: torch.nn.Module, latents: torch.Tensor) -> np.ndarray:
     """uint8 RGB ``[B,256,256,3]`` from predicted latents (unscaled, decoded, mapped -1..1 -> 0..255, rounded)."""
     p = next(vae.parameters())
-    img = vae.decode(latents.to(device=p.device, dtype=p.dtype) / vae.config.scaling_factor).sample
+    img = vae.decode((1 / vae.config.scaling_factor) * latents.to(device=p.device, dtype=p.dtype)).sample
     img = (img.float() / 2 + 0.5).clamp(0, 1)
     return (img * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
