@@ -103,19 +103,24 @@ def _on_meta(build: Callable[[], torch.nn.Module]) -> torch.nn.Module:
 
 def load_unet(path: str | Path, config: dict[str, Any] | str | Path | None = None) -> torch.nn.Module:
     """MuseTalk's UNet from ``unet.pth`` and its ``musetalk.json`` (dict or path; default v1.5)."""
-    if isinstance(config, (str, Path)):
-        config = json.loads(Path(config).read_text())
+    config = _config(config)
     return load_strict(_on_meta(lambda: networks.build_unet(config)), read_state_dict(path), str(path))
 
 
-def load_vae(path: str | Path, config: dict[str, Any] | None = None) -> torch.nn.Module:
-    """sd-vae-ft-mse (either attention key naming)."""
+def _config(config: dict[str, Any] | str | Path | None) -> dict[str, Any] | None:
+    return json.loads(Path(config).read_text()) if isinstance(config, (str, Path)) else config
+
+
+def load_vae(path: str | Path, config: dict[str, Any] | str | Path | None = None) -> torch.nn.Module:
+    """sd-vae-ft-mse (either attention key naming); ``config``: its config.json (dict or path), default built in."""
+    config = _config(config)
     state = vae_state_new_names(read_state_dict(path))
     return load_strict(_on_meta(lambda: networks.build_vae(config)), state, str(path))
 
 
-def load_whisper_encoder(path: str | Path, config: dict[str, Any] | None = None) -> torch.nn.Module:
+def load_whisper_encoder(path: str | Path, config: dict[str, Any] | str | Path | None = None) -> torch.nn.Module:
     """whisper-tiny's encoder from the full model's file (the decoder's keys are ignored)."""
+    config = _config(config)
     state = whisper_encoder_state(read_state_dict(path), str(path))
     return load_strict(_on_meta(lambda: networks.build_whisper_encoder(config)), state, str(path))
 
@@ -127,15 +132,67 @@ def load_face_parser(path: str | Path) -> BiSeNet:
 
 def load_musetalk(unet: str | Path, unet_config: str | Path | dict | None, vae: str | Path,
                   whisper: str | Path, face_parser: str | Path, device: str | torch.device = "cpu",
-                  dtype: torch.dtype = torch.float32, *, vae_config: dict | None = None,
-                  whisper_config: dict | None = None) -> MuseTalkModels:
-    """All four networks, placed on ``device``; UNet, VAE and Whisper in ``dtype``, BiSeNet in float32 on CPU
-    or ``dtype`` on CUDA (its argmax is insensitive to half precision)."""
+                  dtype: torch.dtype = torch.float32, *, vae_config: dict | str | Path | None = None,
+                  whisper_config: dict | str | Path | None = None) -> MuseTalkModels:
+    """All four networks on ``device``; UNet, VAE and Whisper in ``dtype``, BiSeNet always in float32
+    (11 M parameters; keeps the class argmax identical to the reference's)."""
     device = torch.device(device)
-    parser_dtype = torch.float32 if device.type == "cpu" else dtype
+    parser_dtype = torch.float32
     return MuseTalkModels(
         unet=load_unet(unet, unet_config).to(device=device, dtype=dtype),
         vae=load_vae(vae, vae_config).to(device=device, dtype=dtype),
         whisper=load_whisper_encoder(whisper, whisper_config).to(device=device, dtype=dtype),
         parser=load_face_parser(face_parser).to(device=device, dtype=parser_dtype),
     )
+
+
+class MuseTalkBundle(torch.nn.Module):
+    """The four networks as one module, so ComfyUI's ModelPatcher moves them together."""
+
+    def __init__(self, models: MuseTalkModels):
+        super().__init__()
+        self.unet, self.vae, self.whisper, self.parser = models.unet, models.vae, models.whisper, models.parser
+
+    def models(self) -> MuseTalkModels:
+        return MuseTalkModels(unet=self.unet, vae=self.vae, whisper=self.whisper, parser=self.parser)
+
+
+# Catalogue ids per file, newest naming first (model_loaders/catalog/*.json).
+CATALOG_IDS = {
+    "unet": ("musetalk.unet_v15", "musetalk.unet"),
+    "unet_config": ("musetalk.config_v15", "musetalk.config"),
+    "vae": ("vae.sd_vae_ft_mse", "vae.sd_vae_ft_mse_bin"),
+    "whisper": ("whisper.tiny", "whisper.tiny_safetensors"),
+    "face_parser": ("face.parsing_bisenet", "musetalk.face_parsing"),
+}
+# Used when the catalogue has them; the built-in configurations are the published ones otherwise.
+OPTIONAL_CATALOG_IDS = {
+    "vae_config": ("vae.sd_vae_ft_mse_config",),
+    "whisper_config": ("whisper.tiny_config",),
+}
+
+
+def ensure_files(ensure: Callable[[str], Path], ids: dict[str, tuple[str, ...]] = CATALOG_IDS,
+                 optional: dict[str, tuple[str, ...]] = OPTIONAL_CATALOG_IDS) -> dict[str, Path | None]:
+    """Local paths of MuseTalk's files through ``ensure(model_id)`` (download.ensure_model), trying each
+    catalogue id in turn; a KeyError (id not in the catalogue) moves on, download errors propagate.
+    Optional roles not in the catalogue map to None."""
+    out: dict[str, Path | None] = {}
+    for role, candidates in optional.items():
+        out[role] = None
+        for mid in candidates:
+            try:
+                out[role] = Path(ensure(mid))
+                break
+            except KeyError:
+                continue
+    for role, candidates in ids.items():
+        for mid in candidates:
+            try:
+                out[role] = Path(ensure(mid))
+                break
+            except KeyError:
+                continue
+        else:
+            raise KeyError(f"none of the catalogue ids {list(candidates)} (MuseTalk {role}) is in the model catalogue")
+    return out

@@ -144,4 +144,4 @@ def paste(frame: np.ndarray, face: np.ndarray, box: tuple[int, int, int, int], m
     patch[y - ry:y1 - ry, x - rx:x1 - rx] = face
     body = Image.fromarray(np.ascontiguousarray(frame))
     body.paste(Image.fromarray(patch), (rx, ry), Image.fromarray(mask))
-    return np.asarray(body)
+    return np.array(body)  # writable

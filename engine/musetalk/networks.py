@@ -64,28 +64,24 @@ WHISPER_TINY_CONFIG: dict[str, Any] = {
     "vocab_size": 51865,
 }
 
-# The fields UNet2DConditionModel accepts that the published JSON may carry besides weights.
-_UNET_IGNORED = {"_class_name", "_diffusers_version", "_name_or_path"}
-
-
 def build_unet(config: dict[str, Any] | None = None):
-    """A diffusers ``UNet2DConditionModel`` from the MuseTalk JSON (default: the v1.5 one)."""
+    """A diffusers ``UNet2DConditionModel`` from the MuseTalk JSON (default: the v1.5 one; extra keys such as
+    ``_class_name`` are ignored)."""
     from diffusers import UNet2DConditionModel
 
-    cfg = {k: v for k, v in (config or UNET_CONFIG).items() if k not in _UNET_IGNORED}
-    return UNet2DConditionModel(**cfg).eval()
+    return UNet2DConditionModel.from_config(dict(config or UNET_CONFIG)).eval()
 
 
 def build_vae(config: dict[str, Any] | None = None):
     """A diffusers ``AutoencoderKL`` (default: sd-vae-ft-mse)."""
     from diffusers import AutoencoderKL
 
-    cfg = {k: v for k, v in (config or VAE_CONFIG).items() if k not in _UNET_IGNORED}
-    return AutoencoderKL(**cfg).eval()
+    return AutoencoderKL.from_config(dict(config or VAE_CONFIG)).eval()
 
 
 def build_whisper_encoder(config: dict[str, Any] | None = None):
-    """transformers' ``WhisperEncoder`` (default: whisper-tiny); keys are the file's minus ``model.encoder.``."""
+    """transformers' ``WhisperEncoder`` (default: whisper-tiny; a full ``config.json`` works too); keys are
+    the file's minus ``model.encoder.``."""
     from transformers import WhisperConfig
     from transformers.models.whisper.modeling_whisper import WhisperEncoder
 

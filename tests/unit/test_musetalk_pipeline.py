@@ -216,3 +216,19 @@ def test_lip_sync_progress_covers_prepare_and_speak(models, frames):
     out = list(P.lip_sync(models, frames[:2], [BOX, BOX], np.zeros(16000 // 5, np.float32), 16000,
                           batch_size=8, progress=lambda d, t: seen.append((d, t))))
     assert len(out) == 5 and seen[-1] == (7, 7) and seen[0][1] == 7
+
+
+def test_boxes_from_landmarks_with_fallback():
+    from comfyui_digitalhuman.engine.musetalk.faces import boxes_from_landmarks
+
+    lmk = np.zeros((3, 468, 3), np.float32)
+    lmk[0, :, 0], lmk[0, :, 1] = 10.6, 20.2
+    lmk[2, 0, 0] = -1  # the rule refuses this one
+
+    def rule(points, shift):
+        if points[0, 0] < 0:
+            raise ValueError("unusable")
+        return points[0, 0], points[0, 1] + shift, points[0, 0] + 50, points[0, 1] + 60
+    fallback = np.array([[0, 0, 1, 1], [0, 0, 1, 1], [5.5, 6, 70, 80]], np.float32)
+    got = boxes_from_landmarks(lmk, [True, False, True], fallback, bbox_shift=3, box_rule=rule)
+    assert got == [(10, 23, 60, 80), None, (5, 6, 70, 80)]
