@@ -232,3 +232,22 @@ def test_boxes_from_landmarks_with_fallback():
     fallback = np.array([[0, 0, 1, 1], [0, 0, 1, 1], [5.5, 6, 70, 80]], np.float32)
     got = boxes_from_landmarks(lmk, [True, False, True], fallback, bbox_shift=3, box_rule=rule)
     assert got == [(10, 23, 60, 80), None, (5, 6, 70, 80)]
+
+
+def test_long_audio_crosses_30s_segments(models, testdata):
+    """eng.wav (60 s): 1500 frames; windows at the 30 s seam read both segments, each encoded on its own,
+    and at most two segments are held."""
+    wav, sr = sf.read(str(testdata / "eng.wav"), dtype="float32")
+    w = A.AudioWindows(A.to_mono_16k(wav, sr), models.whisper, 25)
+    assert len(w) == math.floor(wav.size / sr * 25) == 1500
+    seam = w.windows(748, 752).reshape(4, 10, 5, 384)  # frame 750 starts at feature 1496
+    first = A.encode_segment(models.whisper, w.samples[:A.SEGMENT_SAMPLES])
+    second = A.encode_segment(models.whisper, w.samples[A.SEGMENT_SAMPLES:2 * A.SEGMENT_SAMPLES])
+    for k, i in enumerate(range(748, 752)):
+        for t in range(10):
+            j = 2 * i - 4 + t
+            want = first[j] if j < 1500 else second[j - 1500]
+            torch.testing.assert_close(seam[k, t], want)
+    assert len(w._cache) <= 2
+    tail = w.windows(1499, 1500).reshape(10, 5, 384)
+    assert tail[:8].abs().sum() > 0 and tail[9].abs().sum() == 0  # features end at 3000 -> zeros after
