@@ -251,3 +251,12 @@ def test_long_audio_crosses_30s_segments(models, testdata):
     assert len(w._cache) <= 2
     tail = w.windows(1499, 1500).reshape(10, 5, 384)
     assert tail[:8].abs().sum() > 0 and tail[9].abs().sum() == 0  # features end at 3000 -> zeros after
+
+
+def test_half_precision_models_run(frames):
+    """bf16 networks (what fp16/bf16 precision gives): latents cached in float32, frames still uint8."""
+    m16 = random_models(tiny=True, seed=0, dtype=torch.bfloat16)
+    cache = P.prepare_avatar(m16, frames[:2], [BOX, BOX])
+    assert cache.latents.dtype == torch.float32 and cache.latents.abs().sum() > 0
+    out = list(P.speak(m16, cache, np.zeros(1280, np.float32), 16000, batch_size=2))
+    assert len(out) == 2 and out[0].dtype == np.uint8 and not np.array_equal(out[0], frames[0])
