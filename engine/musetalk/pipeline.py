@@ -214,24 +214,26 @@ def prepare_avatar(models: MuseTalkModels, frames: np.ndarray, boxes: Sequence[S
 
 def speak(models: MuseTalkModels, cache: AvatarCache, waveform: np.ndarray | torch.Tensor, sample_rate: int,
           fps: float = 25.0, batch_size: int = 8, progress: Progress | None = None,
-          check_interrupt: Interrupt | None = None) -> Iterator[np.ndarray]:
+          check_interrupt: Interrupt | None = None, start_frame: int = 0) -> Iterator[np.ndarray]:
     """Yield ``floor(seconds * fps)`` uint8 RGB frames, in order, each as soon as its batch is decoded.
 
     Audio at any rate and channel count is brought to 16 kHz mono first. Memory stays bounded for
     any audio length: features are encoded per 30 s segment and frames are produced per batch.
+    ``start_frame`` continues the avatar's ping-pong cycle where a previous utterance stopped
+    (pass the number of frames already shown), so consecutive replies play without a jump.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     samples = audio_mod.to_mono_16k(waveform, sample_rate)
     windows = audio_mod.AudioWindows(samples, models.whisper, fps)
-    return _speak(models, cache, windows, batch_size, progress, check_interrupt)
+    return _speak(models, cache, windows, batch_size, progress, check_interrupt, start_frame)
 
 
 def _speak(models: MuseTalkModels, cache: AvatarCache, windows: audio_mod.AudioWindows, batch_size: int,
-           progress: Progress | None, check_interrupt: Interrupt | None) -> Iterator[np.ndarray]:
+           progress: Progress | None, check_interrupt: Interrupt | None, offset: int = 0) -> Iterator[np.ndarray]:
     total, n = len(windows), len(cache)
     for start, audio_batch in windows.batches(batch_size, check_interrupt):
-        ids = [pingpong_index(i, n) for i in range(start, start + audio_batch.shape[0])]
+        ids = [pingpong_index(offset + i, n) for i in range(start, start + audio_batch.shape[0])]
         with_face = [k for k, j in enumerate(ids) if cache.present[j]]
         faces: dict[int, np.ndarray] = {}
         if with_face:

@@ -260,3 +260,26 @@ def test_half_precision_models_run(frames):
     assert cache.latents.dtype == torch.float32 and cache.latents.abs().sum() > 0
     out = list(P.speak(m16, cache, np.zeros(1280, np.float32), 16000, batch_size=2))
     assert len(out) == 2 and out[0].dtype == np.uint8 and not np.array_equal(out[0], frames[0])
+
+
+def test_start_frame_continues_the_cycle(models, cache):
+    sig = np.zeros(1280, np.float32)  # 2 frames
+    whole = list(P.speak(models, cache, np.zeros(2560, np.float32), 16000, batch_size=4))  # frames 0..3
+    later = list(P.speak(models, cache, sig, 16000, batch_size=4, start_frame=2))
+    # frame 3 has no face: identical to the video frame it shows, proving the cycle position
+    assert np.array_equal(later[1], cache.frames[3]) and np.array_equal(whole[3], later[1])
+    assert not np.array_equal(later[0], whole[0])
+
+
+def test_boxes_from_the_face_engine(testdata):
+    """With the pack's face engine (engine/face, merged separately): a tracked, usable box on yongen.mp4."""
+    pytest.importorskip("comfyui_digitalhuman.engine.face.tracking", reason="engine/face not in this tree yet")
+    from comfyui_digitalhuman.engine.musetalk.faces import track_boxes
+
+    with av.open(str(testdata / "yongen.mp4")) as c:
+        frames = np.stack([f.to_ndarray(format="rgb24") for _, f in zip(range(3), c.decode(video=0))])
+    boxes = track_boxes(frames, 0)
+    assert all(b is not None for b in boxes)
+    for b in boxes:  # measured with the face engine of Nov 2026: about (220, 297, 461, 517)
+        assert np.allclose(b, (220, 297, 461, 517), atol=25), b
+        assert P.crop_box(b, frames.shape[1:3]) is not None
