@@ -83,6 +83,23 @@ def _mixed_models(full: list[str], dtype: torch.dtype) -> P.MuseTalkModels:
     return tiny  # the parser is always the full BiSeNet
 
 
+def _long_audio(models: P.MuseTalkModels, wav: np.ndarray, sr: int, seconds: float, batch: int,
+                device: torch.device) -> dict:
+    """Stream every frame's audio window over a long signal; memory must not grow with its length."""
+    base = A.to_mono_16k(wav.T, sr)
+    samples = np.resize(base, int(seconds * A.SAMPLE_RATE))
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    w = A.AudioWindows(samples, models.whisper, 25)
+    t = time.perf_counter()
+    for _ in w.batches(max(batch, 25)):
+        pass
+    _sync(device)
+    dt = time.perf_counter() - t
+    return {"seconds": seconds, "frames": len(w), "features_ms_per_frame": round(1000 * dt / len(w), 3),
+            "peak_rss_growth_mb": round((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024, 1),
+            "audio_buffer_mb": round(samples.nbytes / 2**20, 1)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", choices=["tiny", "full"], default="tiny")
@@ -93,6 +110,8 @@ def main() -> None:
     ap.add_argument("--video-frames", type=int, default=4, help="face video frames to prepare")
     ap.add_argument("--full-only", default="", help="with --size full: comma list of the networks built full size "
                     "(unet,vae,whisper,parser); the others stay tiny. Lets a small machine time each full network.")
+    ap.add_argument("--long-audio-seconds", type=float, default=0.0,
+                    help="also stream audio features over this much audio (eng.wav tiled) and report peak memory")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     ap.add_argument("--video", type=Path, default=TESTDATA / "yongen.mp4")
     ap.add_argument("--audio", type=Path, default=TESTDATA / "eng.wav")
@@ -164,6 +183,8 @@ def main() -> None:
         "speak": {"fps": round((rest + 1) / total, 2), "first_frame_ms": round(1000 * first, 1)},
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
     }
+    if args.long_audio_seconds > 0:
+        report["long_audio"] = _long_audio(models, wav, sr, args.long_audio_seconds, args.batch, device)
     if device.type == "cuda":
         report["peak_cuda_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     print(json.dumps(report, indent=1))
