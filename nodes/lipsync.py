@@ -122,12 +122,13 @@ class DH_MuseTalkLipSync:
         fps = float(fps) if fps > 0 else (stream_fps or 25.0)
         wave, sr = _audio_of(audio)
         models = musetalk.models()
-        boxes = faces.track_boxes(frames, bbox_shift, check_interrupt=check_interrupt)
-        from ..engine.musetalk.audio import to_mono_16k
+        from ..engine.musetalk.audio import SAMPLE_RATE, to_mono_16k
 
-        n_out = _out_frames(to_mono_16k(wave, sr).size, fps)
+        samples = to_mono_16k(wave, sr)  # resampled once; the engine then sees 16 kHz mono
+        n_out = _out_frames(samples.size, fps)
+        boxes = faces.track_boxes(frames, bbox_shift, check_interrupt=check_interrupt)
         bar = Progress(len(frames) + n_out)
-        out = pipeline.lip_sync(models, frames, boxes, wave, sr, fps, batch_size, blend_mode,
+        out = pipeline.lip_sync(models, frames, boxes, samples, SAMPLE_RATE, fps, batch_size, blend_mode,
                                 progress=bar, check_interrupt=check_interrupt)
         return (_collect(out, n_out, frames.shape[1:3]), audio, fps)
 
@@ -200,11 +201,12 @@ class DH_MuseTalkSpeak:
         }
 
     def speak(self, musetalk, avatar, audio, fps, batch_size):
-        from ..engine.musetalk.audio import to_mono_16k
+        from ..engine.musetalk.audio import SAMPLE_RATE, to_mono_16k
 
         wave, sr = _audio_of(audio)
-        n_out = _out_frames(to_mono_16k(wave, sr).size, fps)
-        out = pipeline.speak(musetalk.models(), avatar, wave, sr, fps, batch_size, progress=Progress(n_out),
+        samples = to_mono_16k(wave, sr)
+        n_out = _out_frames(samples.size, fps)
+        out = pipeline.speak(musetalk.models(), avatar, samples, SAMPLE_RATE, fps, batch_size, progress=Progress(n_out),
                              check_interrupt=check_interrupt)
         return (_collect(out, n_out, avatar.frames.shape[1:3]), audio, float(fps))
 
