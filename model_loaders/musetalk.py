@@ -157,42 +157,18 @@ class MuseTalkBundle(torch.nn.Module):
         return MuseTalkModels(unet=self.unet, vae=self.vae, whisper=self.whisper, parser=self.parser)
 
 
-# Catalogue ids per file, newest naming first (model_loaders/catalog/*.json).
+# The catalogue entry (model_loaders/catalog/*.json) of each file MuseTalk needs.
 CATALOG_IDS = {
-    "unet": ("musetalk.unet_v15", "musetalk.unet"),
-    "unet_config": ("musetalk.config_v15", "musetalk.config"),
-    "vae": ("vae.sd_vae_ft_mse", "vae.sd_vae_ft_mse_bin"),
-    "whisper": ("whisper.tiny", "whisper.tiny_safetensors"),
-    "face_parser": ("face.parsing_bisenet", "musetalk.face_parsing"),
-}
-# Used when the catalogue has them; the built-in configurations are the published ones otherwise.
-OPTIONAL_CATALOG_IDS = {
-    "vae_config": ("vae.sd_vae_ft_mse_config",),
-    "whisper_config": ("whisper.tiny_config",),
+    "unet": "musetalk.unet_v15",
+    "unet_config": "musetalk.config_v15",
+    "vae": "vae.sd_vae_ft_mse",
+    "vae_config": "vae.sd_vae_ft_mse_config",
+    "whisper": "whisper.tiny",
+    "whisper_config": "whisper.tiny_config",
+    "face_parser": "face.parsing_bisenet",
 }
 
 
-def ensure_files(ensure: Callable[[str], Path], ids: dict[str, tuple[str, ...]] = CATALOG_IDS,
-                 optional: dict[str, tuple[str, ...]] = OPTIONAL_CATALOG_IDS) -> dict[str, Path | None]:
-    """Local paths of MuseTalk's files through ``ensure(model_id)`` (download.ensure_model), trying each
-    catalogue id in turn; a KeyError (id not in the catalogue) moves on, download errors propagate.
-    Optional roles not in the catalogue map to None."""
-    out: dict[str, Path | None] = {}
-    for role, candidates in optional.items():
-        out[role] = None
-        for mid in candidates:
-            try:
-                out[role] = Path(ensure(mid))
-                break
-            except KeyError:
-                continue
-    for role, candidates in ids.items():
-        for mid in candidates:
-            try:
-                out[role] = Path(ensure(mid))
-                break
-            except KeyError:
-                continue
-        else:
-            raise KeyError(f"none of the catalogue ids {list(candidates)} (MuseTalk {role}) is in the model catalogue")
-    return out
+def ensure_files(ensure: Callable[[str], Path]) -> dict[str, Path]:
+    """Local path of each of MuseTalk's files through ``ensure(model_id)`` (download.ensure_model)."""
+    return {role: Path(ensure(mid)) for role, mid in CATALOG_IDS.items()}

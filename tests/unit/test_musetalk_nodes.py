@@ -1,9 +1,8 @@
-"""MuseTalk nodes with stand-ins for ComfyUI's modules and the model catalogue (tiny random weights)."""
+"""MuseTalk nodes on the real ComfyUI modules and the real download code (tiny random weights from a fake hub)."""
 from __future__ import annotations
 
+import io
 import json
-import sys
-import types
 
 import av
 import cv2
@@ -15,73 +14,47 @@ import torch
 from comfyui_digitalhuman.engine.musetalk import networks as nets
 from comfyui_digitalhuman.engine.musetalk.bisenet import BiSeNet
 from comfyui_digitalhuman.engine.musetalk.random_models import random_models
+from fakehub import FakeHub, serve_model
 
 BOX = (62, 95, 118, 165)  # on quarter-size yongen frames (176x304)
 
 
-class FakeBar:
-    last: list = []
-
-    def __init__(self, total):
-        self.total = total
-        FakeBar.last = []
-
-    def update_absolute(self, value, total=None):
-        FakeBar.last.append((value, total))
-
-
 @pytest.fixture()
-def comfy_env(monkeypatch, tmp_path):
-    """Minimal comfy / folder_paths / download stand-ins, and a catalogue of tiny files."""
-    mm = types.ModuleType("comfy.model_management")
-    mm.get_torch_device = lambda: torch.device("cpu")
-    mm.unet_offload_device = lambda: torch.device("cpu")
-    mm.loaded = []
-    mm.load_model_gpu = lambda p: mm.loaded.append(p)
-    mm.throw_exception_if_processing_interrupted = lambda: None
-    utils = types.ModuleType("comfy.utils")
-    utils.ProgressBar = FakeBar
-    mp = types.ModuleType("comfy.model_patcher")
-
-    class ModelPatcher:
-        def __init__(self, model, load_device, offload_device):
-            self.model, self.load_device, self.offload_device = model, load_device, offload_device
-    mp.ModelPatcher = ModelPatcher
-    comfy = types.ModuleType("comfy")
-    comfy.model_management, comfy.utils, comfy.model_patcher = mm, utils, mp
-    fp = types.ModuleType("folder_paths")
-    fp.get_output_directory = lambda: str(tmp_path / "output")
-    for name, mod in {"comfy": comfy, "comfy.model_management": mm, "comfy.utils": utils,
-                      "comfy.model_patcher": mp, "folder_paths": fp}.items():
-        monkeypatch.setitem(sys.modules, name, mod)
-
+def musetalk_env(comfy_env, monkeypatch, tmp_path):
+    """The real ComfyUI modules and the real download code, fetching tiny random weights in the
+    published layouts from a fake hub on loopback into ComfyUI's (temporary) models folder."""
     m = random_models(tiny=True, seed=0)
-    w = tmp_path / "models"
-    w.mkdir()
-    torch.save(m.unet.state_dict(), w / "unet.pth")
-    (w / "musetalk.json").write_text(json.dumps(nets.TINY_UNET_CONFIG))
-    torch.save(m.vae.state_dict(), w / "vae.bin")
-    (w / "vae_config.json").write_text(json.dumps(nets.TINY_VAE_CONFIG))
-    torch.save({f"model.encoder.{k}": v for k, v in m.whisper.state_dict().items()}, w / "whisper.bin")
-    (w / "whisper_config.json").write_text(json.dumps(nets.TINY_WHISPER_CONFIG))
-    torch.save(m.parser.state_dict(), w / "79999_iter.pth")
-    files = {"musetalk.unet_v15": "unet.pth", "musetalk.config_v15": "musetalk.json", "vae.sd_vae_ft_mse": "vae.bin",
-             "vae.sd_vae_ft_mse_config": "vae_config.json", "whisper.tiny": "whisper.bin",
-             "whisper.tiny_config": "whisper_config.json", "musetalk.face_parsing": "79999_iter.pth"}
-    requested = []
 
-    def ensure_model(mid, models_dir=None, progress=None, check_interrupt=None):
-        requested.append(mid)
-        if mid not in files:
-            raise KeyError(mid)
-        return w / files[mid]
-    dl = types.ModuleType("comfyui_digitalhuman.model_loaders.download")
-    dl.ensure_model = ensure_model
-    monkeypatch.setitem(sys.modules, "comfyui_digitalhuman.model_loaders.download", dl)
+    def saved(obj) -> bytes:
+        buf = io.BytesIO()
+        torch.save(obj, buf)
+        return buf.getvalue()
 
-    from comfyui_digitalhuman.nodes import lipsync
-    monkeypatch.setattr(lipsync.faces, "track_boxes", lambda frames, shift, **kw: [BOX if i != 1 else None for i in range(len(frames))])
-    return lipsync, requested, mm
+    def saved_st(obj) -> bytes:
+        from safetensors.torch import save
+
+        return save({k: v.contiguous() for k, v in obj.items()})
+
+    files = {
+        "musetalk.unet_v15": saved(m.unet.state_dict()),
+        "musetalk.config_v15": json.dumps(nets.TINY_UNET_CONFIG).encode(),
+        "vae.sd_vae_ft_mse": saved_st(m.vae.state_dict()),  # published as .safetensors
+        "vae.sd_vae_ft_mse_config": json.dumps(nets.TINY_VAE_CONFIG).encode(),
+        "whisper.tiny": saved({f"model.encoder.{k}": v for k, v in m.whisper.state_dict().items()}),
+        "whisper.tiny_config": json.dumps(nets.TINY_WHISPER_CONFIG).encode(),
+        "face.parsing_bisenet": saved(m.parser.state_dict()),
+    }
+    monkeypatch.delenv("DH_MODELS_DIR", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with FakeHub() as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
+        for mid, data in files.items():
+            serve_model(hub, mid, data, monkeypatch)
+        from comfyui_digitalhuman.nodes import lipsync
+
+        monkeypatch.setattr(lipsync.faces, "track_boxes",
+                            lambda frames, shift, **kw: [BOX if i != 1 else None for i in range(len(frames))])
+        yield lipsync, hub, comfy_env
 
 
 @pytest.fixture(scope="module")
@@ -115,16 +88,24 @@ def test_node_definitions():
         assert callable(getattr(cls, cls.FUNCTION))
 
 
-def test_load_lipsync_prepare_speak(comfy_env, images, audio):
-    lipsync, requested, mm = comfy_env
+def test_load_lipsync_prepare_speak(musetalk_env, images, audio):
+    lipsync, hub, env = musetalk_env
+    from comfyui_digitalhuman.model_loaders import musetalk as ml
+    from comfyui_digitalhuman.model_loaders.catalog import get_model
+    from comfyui_digitalhuman.model_loaders.download import find_local
+
     (handle,) = lipsync.DH_LoadMuseTalk().load("fp32")
-    assert "musetalk.unet" not in requested and "face.parsing_bisenet" in requested  # tried in order
-    assert handle.models().dtype == torch.float32 and mm.loaded
+    for mid in ml.CATALOG_IDS.values():  # fetched into ComfyUI's models folders
+        assert find_local(get_model(mid)) is not None, mid
+        assert str(find_local(get_model(mid))).startswith(str(env.dirs["models"]))
+    assert handle.models().dtype == torch.float32
+    loaded = env.modules.mm.current_loaded_models
+    assert any(lm.model is handle.patcher for lm in loaded)  # placed through ComfyUI's model management
 
     out, aud, fps = lipsync.DH_MuseTalkLipSync().run(handle, audio, 25.0, 4, 0, "jaw", images=images)
     assert out.shape == (5, 304, 176, 3) and out.dtype == torch.float32
     assert aud is audio and fps == 25.0
-    assert FakeBar.last[-1] == (3 + 5, 3 + 5)
+    assert env.progress[-1] == (3 + 5, 3 + 5)
     orig = (images * 255).round().to(torch.uint8)
     got = (out * 255).round().to(torch.uint8)
     assert torch.equal(got[1], orig[1])  # no face: passed through
@@ -138,8 +119,8 @@ def test_load_lipsync_prepare_speak(comfy_env, images, audio):
         lipsync.DH_MuseTalkLoadAvatar().load("../x")
 
 
-def test_lipsync_needs_frames_and_enough_audio(comfy_env, images):
-    lipsync, _, _ = comfy_env
+def test_lipsync_needs_frames_and_enough_audio(musetalk_env, images):
+    lipsync, _, _ = musetalk_env
     (handle,) = lipsync.DH_LoadMuseTalk().load("auto")
     short = {"waveform": torch.zeros(1, 1, 100), "sample_rate": 16000}
     with pytest.raises(ValueError, match="connect either 'images'"):
