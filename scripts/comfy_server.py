@@ -70,6 +70,7 @@ class ComfyServer:
         workdir: str | os.PathLike | None = None,
         python: str | None = None,
         extra_args: list[str] | None = None,
+        env: dict[str, str] | None = None,
     ):
         self.comfyui = find_comfyui(comfyui)
         self.port = port or free_port()
@@ -82,6 +83,7 @@ class ComfyServer:
         self.log_path = self.workdir / "comfyui.log"
         self.python = python or sys.executable
         self.extra_args = list(extra_args or [])
+        self.env = dict(env or {})
         self.proc: subprocess.Popen | None = None
 
     def _write_extra_paths(self) -> Path:
@@ -110,6 +112,7 @@ class ComfyServer:
         ]
         env = dict(os.environ)
         env.setdefault("PYTHONUNBUFFERED", "1")
+        env.update(self.env)
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(cmd, cwd=self.comfyui, stdout=self._log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + timeout

@@ -12,13 +12,31 @@ from comfy_server import ComfyServer, find_comfyui  # scripts/ is on sys.path (t
 
 
 @pytest.fixture(scope="session")
-def comfy(tmp_path_factory) -> ComfyServer:
-    """Start ComfyUI (``COMFYUI_PATH`` or the copy prepared by scripts/setup_env.sh) and stop it after."""
+def model_hub(tmp_path_factory):
+    """A fake Hugging Face hub on loopback serving tiny weights for the catalogue's model ids."""
+    from fakehub import FakeHub
+    from tiny_models import musetalk_files, publish
+
+    overrides = tmp_path_factory.mktemp("catalog_overrides")
+    with FakeHub() as hub:
+        publish(hub, musetalk_files(), overrides)
+        yield hub, overrides
+
+
+@pytest.fixture(scope="session")
+def comfy(tmp_path_factory, model_hub) -> ComfyServer:
+    """Start ComfyUI (``COMFYUI_PATH`` or the copy prepared by scripts/setup_env.sh) and stop it after.
+
+    Its model nodes download from the fake hub into the server's own models folder."""
     try:
         comfyui = find_comfyui()
     except FileNotFoundError as exc:
         pytest.fail(str(exc))
-    server = ComfyServer(comfyui=comfyui, workdir=tmp_path_factory.mktemp("comfyui"))
+    hub, overrides = model_hub
+    workdir = tmp_path_factory.mktemp("comfyui")
+    env = {"HF_ENDPOINT": hub.endpoint, "DH_CATALOG_OVERRIDES": str(overrides),
+           "DH_MODELS_DIR": str(workdir / "models"), "HF_HUB_OFFLINE": "0"}
+    server = ComfyServer(comfyui=comfyui, workdir=workdir, env=env)
     server.start(timeout=300)
     yield server
     server.stop()

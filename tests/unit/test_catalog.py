@@ -273,3 +273,27 @@ def test_cli_exit_codes_and_output(tmp_path, monkeypatch, capsys):
         assert cli.main(["--id", cfg.id, "--models-dir", str(tmp_path)]) == 0
         assert cli.main(["--id", cfg.id, "--verify", "--models-dir", str(tmp_path)]) == 1
         assert "is corrupt: sha256" in capsys.readouterr().out and hub.count() == 0
+
+
+def test_overrides_replace_entries_by_id(tmp_path, monkeypatch):
+    from comfyui_digitalhuman.model_loaders import catalog as cat_mod
+
+    base = cat_mod.load_catalog_from(cat_mod.CATALOG_DIR)
+    raw = json.loads((cat_mod.CATALOG_DIR / "musetalk.json").read_text())
+    entry = next(e for e in raw if e["id"] == "musetalk.unet_v15")
+    entry.update(repo="mirror/MuseTalk", size=1234, sha256="0" * 64)
+    (tmp_path / "musetalk.json").write_text(json.dumps([entry]))
+    monkeypatch.setenv(cat_mod.OVERRIDES_ENV, str(tmp_path))
+    cat_mod._default_catalog.cache_clear()
+    try:
+        got = cat_mod.get_model("musetalk.unet_v15")
+        assert (got.repo, got.size) == ("mirror/MuseTalk", 1234)
+        assert cat_mod.get_model("musetalk.config_v15") == base["musetalk.config_v15"]  # others untouched
+        entry["id"] = "musetalk.not_in_pack"
+        (tmp_path / "musetalk.json").write_text(json.dumps([entry]))
+        cat_mod._default_catalog.cache_clear()
+        with pytest.raises(cat_mod.CatalogError, match="musetalk.not_in_pack"):
+            cat_mod.load_catalog()
+    finally:
+        monkeypatch.delenv(cat_mod.OVERRIDES_ENV)
+        cat_mod._default_catalog.cache_clear()

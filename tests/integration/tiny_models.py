@@ -1,0 +1,60 @@
+"""Tiny random weights in the published layouts, served by a local fake hub under the catalogue's
+own repos and paths, so model nodes in a real ComfyUI download, check and load them for real.
+
+The catalogue's sizes and hashes belong to the published files; an override catalogue
+(``DH_CATALOG_OVERRIDES``) gives the stand-ins' sizes and hashes for the same ids.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+from pathlib import Path
+
+import torch
+
+from comfyui_digitalhuman.model_loaders.catalog import CATALOG_DIR, get_model
+
+
+def _torch_bytes(obj) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def _st_bytes(obj) -> bytes:
+    from safetensors.torch import save
+
+    return save({k: v.contiguous() for k, v in obj.items()})
+
+
+def musetalk_files() -> dict[str, bytes]:
+    from comfyui_digitalhuman.engine.musetalk import networks as nets
+    from comfyui_digitalhuman.engine.musetalk.random_models import random_models
+
+    m = random_models(tiny=True, seed=0)
+    return {
+        "musetalk.unet_v15": _torch_bytes(m.unet.state_dict()),
+        "musetalk.config_v15": json.dumps(nets.TINY_UNET_CONFIG).encode(),
+        "vae.sd_vae_ft_mse": _st_bytes(m.vae.state_dict()),
+        "vae.sd_vae_ft_mse_config": json.dumps(nets.TINY_VAE_CONFIG).encode(),
+        "whisper.tiny": _torch_bytes({f"model.encoder.{k}": v for k, v in m.whisper.state_dict().items()}),
+        "whisper.tiny_config": json.dumps(nets.TINY_WHISPER_CONFIG).encode(),
+        "face.parsing_bisenet": _torch_bytes(m.parser.state_dict()),
+    }
+
+
+def publish(hub, files: dict[str, bytes], overrides_dir: Path) -> None:
+    """Serve ``files`` on ``hub`` and write the override catalogue describing them."""
+    by_family: dict[str, list[dict]] = {}
+    for mid, data in files.items():
+        entry = dataclasses.replace(get_model(mid), size=len(data), sha256=hashlib.sha256(data).hexdigest())
+        hub.add_entry(entry, data)
+        family = mid.split(".", 1)[0]
+        raw = next(e for e in json.loads((CATALOG_DIR / f"{family}.json").read_text()) if e["id"] == mid)
+        raw.update(size=entry.size, sha256=entry.sha256)
+        by_family.setdefault(family, []).append(raw)
+    overrides_dir.mkdir(parents=True, exist_ok=True)
+    for family, entries in by_family.items():
+        (overrides_dir / f"{family}.json").write_text(json.dumps(entries, indent=1))
