@@ -122,6 +122,8 @@ def synthetic_weights(name: str, seed: int = 0, layout: str = "pth", config: dic
         else:  # biases, running means, GRN gamma/beta
             r = 0.1 * r
         state[key] = r.contiguous()
+    if "conv_img.0.weight" in state:  # keep the generator's sigmoid out of saturation
+        state["conv_img.0.weight"] *= 0.02
     if name != "stitching_retargeting_module":
         return state
     inverse = {v: k for k, v in RETARGET_GROUPS.items()}
