@@ -146,3 +146,32 @@ def write_weights(state: Mapping[str, Any], path: str | Path) -> Path:
     else:
         torch.save(dict(state), str(path))
     return path
+
+
+def assemble(modules: Mapping[str, nn.Module]) -> "LivePortraitNets":
+    """Bundle the five networks (keyed by their published file stems) for the engine."""
+    from ..engine.liveportrait.runtime import LivePortraitNets
+
+    return LivePortraitNets(appearance=modules["appearance_feature_extractor"], motion=modules["motion_extractor"],
+                            warping=modules["warping_module"], generator=modules["spade_generator"],
+                            retarget=modules.get("stitching_retargeting_module"))
+
+
+def load_liveportrait(paths: Mapping[str, str | Path], device: torch.device | str = "cpu",
+                      dtype: torch.dtype = torch.float32) -> "LivePortraitNets":
+    """Load all networks from ``{file stem: path}``; the stitching/retargeting file is optional."""
+    missing = [n for n in NETWORK_NAMES[:4] if n not in paths]
+    if missing:
+        raise ValueError(f"LivePortrait needs weight files for {missing}")
+    return assemble({name: load_network(name, path, device, dtype) for name, path in paths.items()})
+
+
+def synthetic_liveportrait(config: dict | None = None, seed: int = 0, device: torch.device | str = "cpu",
+                           dtype: torch.dtype = torch.float32) -> "LivePortraitNets":
+    """All networks with seeded random weights (tests, benchmarks), loaded through the same strict path."""
+    modules = {}
+    for i, name in enumerate(NETWORK_NAMES):
+        net = build_network(name, config)
+        load_strict(net, to_module_keys(name, synthetic_weights(name, seed + i, "pth", config)), f"synthetic {name}")
+        modules[name] = net.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    return assemble(modules)

@@ -160,7 +160,7 @@ class SPADE(nn.Module):
 class SPADEResBlock(nn.Module):
     """Residual block of two SPADE-normalised spectral convs, with a learned shortcut when widths differ."""
 
-    def __init__(self, cin: int, cout: int, label_ch: int):
+    def __init__(self, cin: int, cout: int, label_ch: int, hidden: int = 128):
         super().__init__()
         mid = min(cin, cout)
         self.learned_shortcut = cin != cout
@@ -168,10 +168,10 @@ class SPADEResBlock(nn.Module):
         self.conv_1 = SpectralConv2d(mid, cout, 3, padding=1)
         if self.learned_shortcut:
             self.conv_s = SpectralConv2d(cin, cout, 1, bias=False)
-        self.norm_0 = SPADE(cin, label_ch)
-        self.norm_1 = SPADE(mid, label_ch)
+        self.norm_0 = SPADE(cin, label_ch, hidden)
+        self.norm_1 = SPADE(mid, label_ch, hidden)
         if self.learned_shortcut:
-            self.norm_s = SPADE(cin, label_ch)
+            self.norm_s = SPADE(cin, label_ch, hidden)
 
     def forward(self, x: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
         skip = self.conv_s(self.norm_s(x, seg)) if self.learned_shortcut else x

@@ -98,13 +98,16 @@ class DenseMotionNetwork(nn.Module):
     """Predicts the dense 3-D deformation and occlusion map from source and driving keypoints."""
 
     def __init__(self, block_expansion: int, num_blocks: int, max_features: int, num_kp: int,
-                 feature_channel: int, reshape_depth: int, compress: int, estimate_occlusion_map: bool = True):
+                 feature_channel: int, reshape_depth: int, compress: int, estimate_occlusion_map: bool = True,
+                 mask_kernel_size: int = 7, occlusion_kernel_size: int = 7):
         super().__init__()
         self.hourglass = Hourglass(block_expansion, (num_kp + 1) * (compress + 1), num_blocks, max_features)
-        self.mask = nn.Conv3d(self.hourglass.out_filters, num_kp + 1, kernel_size=7, padding=3)
+        self.mask = nn.Conv3d(self.hourglass.out_filters, num_kp + 1, kernel_size=mask_kernel_size,
+                              padding=mask_kernel_size // 2)
         self.compress = nn.Conv3d(feature_channel, compress, kernel_size=1)
         self.norm = nn.BatchNorm3d(compress, affine=True)
-        self.occlusion = (nn.Conv2d(self.hourglass.out_filters * reshape_depth, 1, kernel_size=7, padding=3)
+        self.occlusion = (nn.Conv2d(self.hourglass.out_filters * reshape_depth, 1, kernel_size=occlusion_kernel_size,
+                                    padding=occlusion_kernel_size // 2)
                           if estimate_occlusion_map else None)
         self.num_kp = num_kp
 
@@ -161,14 +164,14 @@ class SPADEGenerator(nn.Module):
     """G: warped feature ``[B,256,64,64]`` -> image ``[B,3,512,512]`` in 0..1."""
 
     def __init__(self, upscale: int, block_expansion: int, max_features: int, num_down_blocks: int,
-                 out_channels: int = 64):
+                 out_channels: int = 64, spade_hidden: int = 128):
         super().__init__()
         ch = min(max_features, block_expansion * 2 ** num_down_blocks)
         self.fc = nn.Conv2d(ch, 2 * ch, 3, padding=1)
         for i in range(6):
-            setattr(self, f"G_middle_{i}", SPADEResBlock(2 * ch, 2 * ch, ch))
-        self.up_0 = SPADEResBlock(2 * ch, ch, ch)
-        self.up_1 = SPADEResBlock(ch, out_channels, ch)
+            setattr(self, f"G_middle_{i}", SPADEResBlock(2 * ch, 2 * ch, ch, spade_hidden))
+        self.up_0 = SPADEResBlock(2 * ch, ch, ch, spade_hidden)
+        self.up_1 = SPADEResBlock(ch, out_channels, ch, spade_hidden)
         if upscale and upscale > 1:
             self.conv_img = nn.Sequential(nn.Conv2d(out_channels, 3 * upscale * upscale, 3, padding=1),
                                           nn.PixelShuffle(upscale))
