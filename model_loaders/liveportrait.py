@@ -175,3 +175,52 @@ def synthetic_liveportrait(config: dict | None = None, seed: int = 0, device: to
         load_strict(net, to_module_keys(name, synthetic_weights(name, seed + i, "pth", config)), f"synthetic {name}")
         modules[name] = net.to(device=device, dtype=dtype).eval().requires_grad_(False)
     return assemble(modules)
+
+
+class LivePortraitStack(nn.Module):
+    """The five networks as one module, so ComfyUI loads and offloads them together."""
+
+    def __init__(self, modules: Mapping[str, nn.Module]):
+        super().__init__()
+        for name, module in modules.items():
+            self.add_module(name, module)
+
+
+class LivePortraitModel:
+    """What ``DH_LoadLivePortrait`` returns (type DH_LIVEPORTRAIT): the networks and their ModelPatcher."""
+
+    def __init__(self, stack: LivePortraitStack, patcher: Any | None, precision: str):
+        self.stack, self.patcher, self.precision = stack, patcher, precision
+        self.nets = assemble(dict(stack.named_children()))
+
+    def acquire(self) -> "LivePortraitNets":
+        """Place the networks on the compute device (through ComfyUI when managed) and return them."""
+        if self.patcher is not None:
+            from .comfy_wrap import load_for_inference
+
+            load_for_inference(self.patcher)
+        return self.nets
+
+    def __repr__(self) -> str:
+        return f"LivePortraitModel(precision={self.precision}, device={self.nets.device}, dtype={self.nets.dtype})"
+
+
+def load_for_comfy(precision: str = "auto", device: str = "auto", progress=None, check_interrupt=None
+                   ) -> LivePortraitModel:
+    """Fetch (first use) and load the five files; wrap them in a ModelPatcher unless ``device`` is ``cpu``."""
+    from .comfy_wrap import make_patcher, pick_dtype
+    from .download import ensure_model
+
+    if device == "cpu":
+        dev = torch.device("cpu")
+    else:
+        import comfy.model_management as mm
+
+        dev = mm.get_torch_device()
+    dtype = pick_dtype(precision, dev)
+    paths = {name: ensure_model(f"liveportrait.{name}", progress=progress, check_interrupt=check_interrupt)
+             for name in NETWORK_NAMES}
+    modules = {name: load_network(name, path, "cpu", dtype) for name, path in paths.items()}
+    stack = LivePortraitStack(modules)
+    patcher = None if device == "cpu" else make_patcher(stack)
+    return LivePortraitModel(stack, patcher, precision)

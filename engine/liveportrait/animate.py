@@ -230,6 +230,18 @@ def animate(nets: LivePortraitNets, source_image: np.ndarray, driving: DrivingSo
     return anim
 
 
+def render(nets: LivePortraitNets, src: PreparedSource, x_d: torch.Tensor, face: FaceOps
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """Warp + decode driven keypoints ``x_d`` ``[n,21,3]``: (frames pasted into the source or crops, 512 crops)."""
+    crops = nets.to_uint8(nets.warp_decode(src.f_s, src.motion.x_s, x_d))
+    if crops.shape[1:3] != (CROP_SIZE, CROP_SIZE):  # only reduced test/benchmark configurations
+        crops = np.stack([cv2.resize(c, (CROP_SIZE, CROP_SIZE)) for c in crops])
+    if src.mask is None:
+        return crops, crops
+    frames = np.stack([face.paste_back(src.image, c, src.M_c2o, src.mask_crop) for c in crops])
+    return frames, crops
+
+
 def _second_pass(nets: LivePortraitNets, src: PreparedSource, track: DrivingTrack, driving: DrivingSource,
                  face: FaceOps, opts: AnimateOptions, report: Callable[[int, int], None],
                  interrupt: Callable[[], None]) -> Iterator[AnimatedChunk]:
@@ -237,7 +249,6 @@ def _second_pass(nets: LivePortraitNets, src: PreparedSource, track: DrivingTrac
     is_video = n_total > 1
     first: K.KeypointInfo | None = None
     held: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # last good (crop256, eye, lip)
-    paste = src.mask is not None
     done = 0
     for chunk in iter_driving(driving, opts.chunk_size):
         interrupt()
@@ -261,22 +272,14 @@ def _second_pass(nets: LivePortraitNets, src: PreparedSource, track: DrivingTrac
             lips.append(held[2])
             use.append(j)
         out_crops = np.repeat(src.crop[None], n, axis=0)
+        frames = np.repeat((src.image if src.mask is not None else src.crop)[None], n, axis=0)
         if use:
             info = nets.keypoint_info(nets.to_input(np.stack(crops256)))
             if first is None:  # relative-motion anchor: the first driving frame with a face
                 first = info.select(0)
             x_d = drive_keypoints(src.motion, info, first, opts, nets.retarget, np.stack(eyes), np.stack(lips),
                                   driving_is_video=is_video)
-            out = nets.to_uint8(nets.warp_decode(src.f_s, src.motion.x_s, x_d))
-            if out.shape[1:3] != (CROP_SIZE, CROP_SIZE):  # only reduced test/benchmark configurations
-                out = np.stack([cv2.resize(o, (CROP_SIZE, CROP_SIZE)) for o in out])
-            out_crops[use] = out
-        if paste:
-            frames = np.repeat(src.image[None], n, axis=0)
-            for j in use:
-                frames[j] = face.paste_back(src.image, out_crops[j], src.M_c2o, src.mask_crop)
-        else:
-            frames = out_crops
+            frames[use], out_crops[use] = render(nets, src, x_d, face)
         done += n
         report(n_total + done, 2 * n_total)
         yield AnimatedChunk(int(idx[0]), frames, out_crops)
