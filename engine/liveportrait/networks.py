@@ -28,6 +28,22 @@ def default_config() -> dict[str, Any]:
         return json.load(f)
 
 
+def small_config() -> dict[str, Any]:
+    """A reduced configuration (few channels, small kernels, 32x32 feature volume) with the same code paths.
+
+    For tests and memory benchmarks on a CPU; it cannot load the published weights.
+    """
+    cfg = json.loads(json.dumps(default_config()))
+    cfg["appearance_feature_extractor"].update(block_expansion=8, num_down_blocks=3, max_features=32,
+                                               reshape_channel=2, num_resblocks=1)
+    cfg["motion_extractor"].update(dims=[8, 16, 32, 64], depths=[1, 1, 1, 1])
+    cfg["warping_module"].update(block_expansion=8, max_features=32, reshape_channel=2)
+    cfg["warping_module"]["dense_motion_params"].update(block_expansion=2, max_features=16, compress=1,
+                                                        mask_kernel_size=3, occlusion_kernel_size=3)
+    cfg["spade_generator"].update(block_expansion=8, max_features=32, out_channels=8, spade_hidden=8)
+    return cfg
+
+
 class AppearanceFeatureExtractor(nn.Module):
     """F: source image ``[B,3,256,256]`` in 0..1 -> appearance volume ``[B,32,16,64,64]``."""
 

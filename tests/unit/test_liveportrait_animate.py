@@ -6,7 +6,6 @@ pipeline is tested on its own (the pack's face engine is tested with its own mod
 """
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import av
@@ -18,24 +17,10 @@ import torch
 from comfyui_digitalhuman.engine.liveportrait import animate as A
 from comfyui_digitalhuman.engine.liveportrait import keypoints as K
 from comfyui_digitalhuman.engine.liveportrait.motion import drive_keypoints, prepare_source_motion
-from comfyui_digitalhuman.engine.liveportrait.networks import default_config
+from comfyui_digitalhuman.engine.liveportrait.networks import small_config
 from comfyui_digitalhuman.engine.liveportrait.options import AnimateOptions
 from comfyui_digitalhuman.engine.liveportrait.runtime import LivePortraitNets, output_is_bad
 from comfyui_digitalhuman.model_loaders.liveportrait import synthetic_liveportrait
-
-
-def small_config() -> dict:
-    """Same code paths as the published model, few channels and small kernels (fast on CPU)."""
-    cfg = copy.deepcopy(default_config())
-    # three down-sampling blocks: a 32x32 feature volume instead of 64x64, a 256 px generator output
-    cfg["appearance_feature_extractor"].update(block_expansion=8, num_down_blocks=3, max_features=32,
-                                               reshape_channel=2, num_resblocks=1)
-    cfg["motion_extractor"].update(dims=[8, 16, 32, 64], depths=[1, 1, 1, 1])
-    cfg["warping_module"].update(block_expansion=8, max_features=32, reshape_channel=2)
-    cfg["warping_module"]["dense_motion_params"].update(block_expansion=2, max_features=16, compress=1,
-                                                        mask_kernel_size=3, occlusion_kernel_size=3)
-    cfg["spade_generator"].update(block_expansion=8, max_features=32, out_channels=8, spade_hidden=8)
-    return cfg
 
 
 class StandInFace:

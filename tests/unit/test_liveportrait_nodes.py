@@ -18,7 +18,8 @@ from comfyui_digitalhuman.model_loaders.liveportrait import synthetic_liveportra
 from comfyui_digitalhuman.nodes import motion as M
 from comfyui_digitalhuman.nodes.common import CAT_MOTION
 
-from test_liveportrait_animate import StandInFace, read_frames, small_config  # noqa: E402
+from comfyui_digitalhuman.engine.liveportrait.networks import small_config
+from test_liveportrait_animate import StandInFace, read_frames  # noqa: E402
 
 
 @pytest.fixture(scope="module")
