@@ -24,10 +24,10 @@ VIDEO_STREAM = "DH_VIDEO_STREAM"
 PRESET_DIR = ("DigitalHuman", "expressions")
 
 
-def _face_ops():
+def _face_ops(device: torch.device | str = "cpu", det_thresh: float = 0.0):
     from ..engine.liveportrait.faces import EngineFaceOps
 
-    return EngineFaceOps()
+    return EngineFaceOps(device=str(device), det_thresh=det_thresh)
 
 
 def _one_portrait(images: torch.Tensor) -> np.ndarray:
@@ -95,6 +95,8 @@ def _option_inputs() -> dict:
         "scale_crop_driving_video": f(d.scale_crop_driving_video, 1.0, 4.0, 0.05, "Driving crop size relative to the face."),
         "vx_ratio_crop_driving_video": f(d.vx_ratio_crop_driving_video, -0.5, 0.5, 0.005, "Driving crop shift left/right."),
         "vy_ratio_crop_driving_video": f(d.vy_ratio_crop_driving_video, -0.5, 0.5, 0.005, "Driving crop shift up/down."),
+        "det_thresh": f(d.det_thresh, 0.0, 1.0, 0.01, "Minimum face-detection score; weaker detections count as "
+                        "no face."),
         "missing_face": (["pass", "hold"], {"default": d.missing_face, "tooltip": "A driving frame without a face: "
                          "pass shows the portrait unchanged, hold repeats the last motion."}),
         "chunk_size": ("INT", {"default": d.chunk_size, "min": 1, "max": 256, "tooltip":
@@ -137,7 +139,7 @@ class LivePortraitAnimate:
         total = len(driving) if hasattr(driving, "__len__") else 1
         bar = Progress(2 * max(total, 1))
         nets = liveportrait.acquire()
-        anim = animate(nets, _one_portrait(portrait), driving, _face_ops(), opts, progress=bar,
+        anim = animate(nets, _one_portrait(portrait), driving, _face_ops(nets.device, opts.det_thresh), opts, progress=bar,
                        check_interrupt=check_interrupt)
         out: torch.Tensor | None = None
         for chunk in anim:
@@ -156,7 +158,7 @@ class LivePortraitAnimate:
 
 def _render_edits(liveportrait, portrait, expressions, stitching: bool, options: AnimateOptions):
     nets = liveportrait.acquire()
-    face = _face_ops()
+    face = _face_ops(nets.device, options.det_thresh)
     src = prepare_source(nets, _one_portrait(portrait), face, options)
     frames, crops = edit_portrait(nets, src, expressions, face, stitching)
     return uint8_to_image(frames), uint8_to_image(crops)

@@ -38,10 +38,11 @@ class FaceOps(Protocol):
 class EngineFaceOps:
     """:class:`FaceOps` on the pack's face engine (``engine.face``), imported on first use."""
 
-    def __init__(self, analyzer=None, device: str = "cpu"):
+    def __init__(self, analyzer=None, device: str = "cpu", det_thresh: float = 0.0):
         from ..face import align, schemes
 
         self._align, self._schemes = align, schemes
+        self.det_thresh = float(det_thresh)
         if analyzer is None:
             from ..face.analyzer import FaceAnalyzer
 
@@ -50,7 +51,8 @@ class EngineFaceOps:
 
     def landmarks(self, frames: np.ndarray) -> list[np.ndarray | None]:
         found = self.analyzer.detect_batch(np.ascontiguousarray(frames))
-        return [faces[0].landmarks if faces else None for faces in found]
+        picked = [[f for f in faces if f.score >= self.det_thresh] for faces in found]
+        return [faces[0].landmarks if faces else None for faces in picked]
 
     def crop(self, image, lmk, dsize, scale, vx_ratio, vy_ratio, do_rot):
         info = self._align.crop_liveportrait(image, lmk, dsize=dsize, scale=scale, vx_ratio=vx_ratio,

@@ -54,7 +54,7 @@ def comfy_stubs(monkeypatch, tmp_path):
     fp.user_directory = str(tmp_path / "user")
     for name, mod in (("comfy", comfy), ("comfy.utils", utils), ("comfy.model_management", mm), ("folder_paths", fp)):
         monkeypatch.setitem(sys.modules, name, mod)
-    monkeypatch.setattr(M, "_face_ops", StandInFace)
+    monkeypatch.setattr(M, "_face_ops", lambda *a, **k: StandInFace())
     return updates
 
 
@@ -82,7 +82,7 @@ def test_node_contract() -> None:
     inputs = M.LivePortraitAnimate.INPUT_TYPES()["required"]
     defaults = AnimateOptions().to_dict()
     for key, value in defaults.items():
-        if key == "lip_normalize_threshold" or key == "det_thresh":
+        if key == "lip_normalize_threshold":  # fixed in the reference, not on its command line
             continue
         assert key in inputs, key
         expected = 0.8 if key == "driving_multiplier" else value
@@ -166,3 +166,37 @@ def test_presets_roundtrip_and_errors(tmp_path: Path) -> None:
         Expression(smile=2.0).validate()
     with pytest.raises(FileNotFoundError):
         load_preset(tmp_path / "none.json")
+
+
+def test_load_for_comfy_wires_catalogue_precision_and_patcher(monkeypatch, comfy_stubs) -> None:
+    from comfyui_digitalhuman.engine.liveportrait.networks import build_network
+    from comfyui_digitalhuman.model_loaders import liveportrait as lp
+
+    asked, loaded, placed = [], [], []
+    download = types.ModuleType("comfyui_digitalhuman.model_loaders.download")
+    download.ensure_model = lambda model_id, **kw: asked.append(model_id) or Path(f"/models/{model_id}.safetensors")
+    monkeypatch.setitem(sys.modules, "comfyui_digitalhuman.model_loaders.download", download)
+    monkeypatch.setattr(lp, "load_network", lambda name, path, device, dtype: loaded.append((name, str(path), dtype))
+                        or build_network(name, small_config()).to(dtype=dtype))
+    mm = sys.modules["comfy.model_management"]
+    mm.get_torch_device = lambda: torch.device("cpu")
+    mm.unet_offload_device = lambda: torch.device("cpu")
+    mm.load_model_gpu = lambda patcher: placed.append(patcher)
+    patcher_mod = types.ModuleType("comfy.model_patcher")
+
+    class ModelPatcher:
+        def __init__(self, model, load_device, offload_device):
+            self.model, self.load_device, self.offload_device = model, load_device, offload_device
+
+    patcher_mod.ModelPatcher = ModelPatcher
+    monkeypatch.setitem(sys.modules, "comfy.model_patcher", patcher_mod)
+    sys.modules["comfy"].model_patcher = patcher_mod
+
+    model = lp.load_for_comfy("fp16", "auto")
+    assert asked == [f"liveportrait.{n}" for n in lp.NETWORK_NAMES]
+    assert [n for n, _, _ in loaded] == list(lp.NETWORK_NAMES) and {d for _, _, d in loaded} == {torch.float16}
+    assert isinstance(model.patcher, ModelPatcher) and model.patcher.model is model.stack
+    nets = model.acquire()
+    assert placed == [model.patcher] and nets.dtype == torch.float16 and nets.retarget is not None
+    cpu = lp.load_for_comfy("auto", "cpu")
+    assert cpu.patcher is None and cpu.acquire().dtype == torch.float32
