@@ -33,8 +33,8 @@ def _face_ops(device: torch.device | str = "cpu", det_thresh: float = 0.0):
 def _one_portrait(images: torch.Tensor) -> np.ndarray:
     frames = image_to_uint8(images)
     if len(frames) != 1:
-        raise ValueError(f"portrait: expected one image, got a batch of {len(frames)} "
-                         "(animating a source video is not supported yet)")
+        raise ValueError(f"portrait: expected one image, got a batch of {len(frames)} (this node edits one still "
+                         "portrait; to edit several, run it once per image)")
     return frames[0]
 
 
@@ -80,6 +80,11 @@ def _option_inputs() -> dict:
         "eye_retargeting": b(d.eye_retargeting, "Transfer the driving eye openness (experimental in the reference)."),
         "lip_retargeting": b(d.lip_retargeting, "Transfer the driving lip openness (experimental in the reference)."),
         "normalize_lip": b(d.normalize_lip, "Close the source's mouth before animating."),
+        "source_video_eye_retargeting": b(d.source_video_eye_retargeting, "Source video only: keep each frame's eye "
+                                          "openness at the first frame's (may jitter)."),
+        "driving_smooth_observation_variance": ("FLOAT", {"default": d.driving_smooth_observation_variance, "min": 1e-9,
+                                                "max": 1e-3, "step": 1e-8, "round": False, "tooltip": "Source video "
+                                                "only: motion smoothing; larger is smoother but less exact."}),
         "pasteback": b(d.pasteback, "Paste the animated face into the full portrait; off returns the 512x512 crops."),
         "do_crop": b(d.do_crop, "Crop the portrait around the face (off: the portrait is already a face crop)."),
         "crop_driving_video": b(d.crop_driving_video, "Crop the driving frames around the face (always done for "
@@ -120,7 +125,8 @@ class LivePortraitAnimate:
     def INPUT_TYPES(cls):
         return {"required": {
             "liveportrait": (LIVEPORTRAIT, {"tooltip": "From Load LivePortrait."}),
-            "portrait": ("IMAGE", {"tooltip": "The portrait to animate (one image; gray and RGBA are accepted)."}),
+            "portrait": ("IMAGE", {"tooltip": "The portrait to animate (gray and RGBA are accepted). A batch of "
+                                   "frames is a source video: each frame is animated (video-to-video)."}),
             **_option_inputs(),
             "fps": ("FLOAT", {"default": 25.0, "min": 1.0, "max": 120.0, "tooltip": "Frame rate reported for "
                               "driving IMAGE frames (a driving video stream reports its own)."}),
@@ -137,9 +143,12 @@ class LivePortraitAnimate:
         if driving_video is not None:
             fps = float(getattr(driving_video, "fps", fps))
         total = len(driving) if hasattr(driving, "__len__") else 1
-        bar = Progress(2 * max(total, 1))
         nets = liveportrait.acquire()
-        anim = animate(nets, _one_portrait(portrait), driving, _face_ops(nets.device, opts.det_thresh), opts, progress=bar,
+        face = _face_ops(nets.device, opts.det_thresh)
+        if len(portrait) > 1:
+            return self._video(nets, image_to_uint8(portrait), driving, face, opts, fps)
+        bar = Progress(2 * max(total, 1))
+        anim = animate(nets, _one_portrait(portrait), driving, face, opts, progress=bar,
                        check_interrupt=check_interrupt)
         out: torch.Tensor | None = None
         for chunk in anim:
@@ -153,6 +162,23 @@ class LivePortraitAnimate:
             log.warning("[DigitalHuman] LivePortrait: %s", report)
         if nets.fell_back:
             report += f"; fp32 used for {sorted(nets.fell_back)} (half precision gave NaN/black output)"
+        return (out, mask, fps, report)
+
+    @staticmethod
+    def _video(nets, source: np.ndarray, driving, face, opts: AnimateOptions, fps: float):
+        from ..engine.liveportrait.video_source import animate_video
+
+        anim = animate_video(nets, source, driving, face, opts, progress=Progress(len(source)),
+                             check_interrupt=check_interrupt)
+        out: torch.Tensor | None = None
+        for chunk in anim:
+            if out is None:
+                out = torch.empty((anim.n,) + chunk.frames.shape[1:], dtype=torch.float32)
+            out[chunk.start:chunk.start + len(chunk.frames)] = uint8_to_image(chunk.frames)
+        mask = torch.stack([torch.from_numpy(anim.face_mask(i)) for i in range(anim.n)])
+        report = f"{anim.n} frames at {fps:g} fps (source video of {len(source)} frames)"
+        if anim.missing:
+            report += f"; frame(s) {anim.missing} without a face ({opts.missing_face})"
         return (out, mask, fps, report)
 
 

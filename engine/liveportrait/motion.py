@@ -20,11 +20,11 @@ from .options import AnimateOptions
 _ABS_EXP_KP = (1, 2, 6, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20)
 
 
-@lru_cache(maxsize=1)
-def lip_array() -> torch.Tensor:
-    """The reference's neutral closed-lip expression ``[1,21,3]`` (fp32)."""
+@lru_cache(maxsize=2)
+def lip_array(dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The reference's neutral closed-lip expression ``[1,21,3]`` (stored in float64)."""
     with open(Path(__file__).with_name("lip_array.json"), encoding="utf-8") as f:
-        return torch.tensor(json.load(f)["lip_array"], dtype=torch.float64).float()[None]
+        return torch.tensor(json.load(f)["lip_array"], dtype=torch.float64).to(dtype)[None]
 
 
 @dataclass
@@ -120,28 +120,42 @@ def drive_keypoints(src: SourceMotion, drv: K.KeypointInfo, first: K.KeypointInf
         x0 = compose_driving(src, first, first, opts, driving_is_video)
         mult = K.motion_multiplier(src.x_s, x0)
         x = (x - x0) * mult + x_s
+    return finish_keypoints(x, x_s, opts, retarget_nets, src.eye_ratio.expand(n, -1), src.lip_ratio.expand(n, -1),
+                            src.lip_delta_before, None, driving_eye_ratio, driving_lip_ratio)
+
+
+def finish_keypoints(x: torch.Tensor, x_s: torch.Tensor, opts: AnimateOptions, retarget_nets: torch.nn.Module | None,
+                     src_eye: torch.Tensor, src_lip: torch.Tensor, lip_delta_before: torch.Tensor | None,
+                     eye_delta_before: torch.Tensor | None, driving_eye_ratio: np.ndarray | None,
+                     driving_lip_ratio: np.ndarray | None) -> torch.Tensor:
+    """Stitching, eye/lip retargeting and the driving multiplier (the reference's Algorithm 1 tail)."""
+    n = x.shape[0]
     stitching = opts.stitching and retarget_nets is not None
     eye_rt = opts.eye_retargeting and retarget_nets is not None
     lip_rt = opts.lip_retargeting and retarget_nets is not None
     if not stitching and not eye_rt and not lip_rt:
-        if opts.normalize_lip and src.lip_delta_before is not None:
-            x = x + src.lip_delta_before
+        if opts.normalize_lip and lip_delta_before is not None:
+            x = x + lip_delta_before
+        if opts.source_video_eye_retargeting and eye_delta_before is not None:
+            x = x + eye_delta_before
     elif stitching and not eye_rt and not lip_rt:
         x = K.stitch(retarget_nets.stitching, x_s, x)
-        if opts.normalize_lip and src.lip_delta_before is not None:
-            x = x + src.lip_delta_before
+        if opts.normalize_lip and lip_delta_before is not None:
+            x = x + lip_delta_before
+        if opts.source_video_eye_retargeting and eye_delta_before is not None:
+            x = x + eye_delta_before
     else:
         x = x_s if opts.relative_motion else x
         if eye_rt:
             if driving_eye_ratio is None:
                 raise ValueError("eye retargeting needs the driving frames' eye-open ratios")
             d_eye = torch.as_tensor(np.asarray(driving_eye_ratio, np.float32).reshape(n, -1)[:, :1], device=x.device)
-            x = x + K.retarget(retarget_nets.eye, x_s, torch.cat([src.eye_ratio.expand(n, -1), d_eye], 1))
+            x = x + K.retarget(retarget_nets.eye, x_s, torch.cat([src_eye, d_eye], 1))
         if lip_rt:
             if driving_lip_ratio is None:
                 raise ValueError("lip retargeting needs the driving frames' lip-open ratios")
             d_lip = torch.as_tensor(np.asarray(driving_lip_ratio, np.float32).reshape(n, -1)[:, :1], device=x.device)
-            x = x + K.retarget(retarget_nets.lip, x_s, torch.cat([src.lip_ratio.expand(n, -1), d_lip], 1))
+            x = x + K.retarget(retarget_nets.lip, x_s, torch.cat([src_lip, d_lip], 1))
         if stitching:
             x = K.stitch(retarget_nets.stitching, x_s, x)
     return x_s + (x - x_s) * opts.driving_multiplier

@@ -22,6 +22,8 @@ class AnimateOptions:
     eye_retargeting: bool = False
     lip_retargeting: bool = False
     normalize_lip: bool = False
+    source_video_eye_retargeting: bool = False  # source video: keep every frame's eye openness at frame 0's
+    driving_smooth_observation_variance: float = 3e-7  # source video: Kalman smoothing of the motion
     pasteback: bool = True
     do_crop: bool = True
     crop_driving_video: bool = False
@@ -39,6 +41,7 @@ class AnimateOptions:
     vy_ratio_crop_driving_video: float = -0.1
     # not on the reference's command line, fixed there
     lip_normalize_threshold: float = 0.03
+    source_video_eye_retargeting_threshold: float = 0.18
     # pack additions
     missing_face: str = "pass"  # driving frame without a face: "pass" (source unchanged) or "hold" (last motion)
     chunk_size: int = 8

@@ -82,7 +82,7 @@ def test_node_contract() -> None:
     inputs = M.LivePortraitAnimate.INPUT_TYPES()["required"]
     defaults = AnimateOptions().to_dict()
     for key, value in defaults.items():
-        if key == "lip_normalize_threshold":  # fixed in the reference, not on its command line
+        if key in ("lip_normalize_threshold", "source_video_eye_retargeting_threshold"):  # fixed in the reference
             continue
         assert key in inputs, key
         expected = 0.8 if key == "driving_multiplier" else value
@@ -105,8 +105,11 @@ def test_animate_node_runs_and_reports_missing_faces(nets, portrait, testdata, c
     assert model.acquired == 1 and comfy_stubs[-1][0] == 6
     with pytest.raises(ValueError, match="exactly one of driving_images or driving_video"):
         node.run(model, torch.zeros(1, 8, 8, 3), 25.0, **opts)
-    with pytest.raises(ValueError, match="batch of 2"):
-        node.run(model, torch.zeros(2, 64, 64, 3), 25.0, driving_images=torch.zeros(1, 64, 64, 3), **opts)
+    # a batch of portraits is a source video: min(source, driving) frames, each at the source frame size
+    src = torch.from_numpy(np.stack([portrait, portrait[:, ::-1]])).float() / 255
+    frames, mask, _, report = node.run(model, src, 25.0, driving_images=torch.from_numpy(drv).float() / 255, **opts)
+    assert frames.shape == (2,) + portrait.shape and mask.shape == (2,) + portrait.shape[:2]
+    assert "source video of 2 frames" in report and "[1]" in report
 
 
 def test_expression_editor_node_saves_and_loads_presets(nets, portrait, comfy_stubs) -> None:
