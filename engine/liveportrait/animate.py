@@ -11,7 +11,7 @@ chunk iterator is read twice.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterator
 
 import cv2
 import numpy as np

@@ -203,3 +203,49 @@ def test_load_for_comfy_wires_catalogue_precision_and_patcher(monkeypatch, comfy
     assert placed == [model.patcher] and nets.dtype == torch.float16 and nets.retarget is not None
     cpu = lp.load_for_comfy("auto", "cpu")
     assert cpu.patcher is None and cpu.acquire().dtype == torch.float32
+
+
+def test_engine_face_ops_follows_the_face_contract(monkeypatch) -> None:
+    """EngineFaceOps calls engine.face exactly as the pack's face contract defines it (stand-in modules here)."""
+    from comfyui_digitalhuman.engine.liveportrait.faces import EngineFaceOps
+
+    calls = {}
+    pkg = types.ModuleType("comfyui_digitalhuman.engine.face")
+    align = types.ModuleType("comfyui_digitalhuman.engine.face.align")
+    schemes = types.ModuleType("comfyui_digitalhuman.engine.face.schemes")
+
+    class CropInfo:
+        crop = np.zeros((512, 512, 3), np.uint8)
+        M_o2c = np.eye(3)
+
+    def crop_liveportrait(image, lmk468, dsize=512, scale=2.3, vx_ratio=0.0, vy_ratio=-0.125, flag_do_rot=True):
+        calls["crop"] = (dsize, scale, vx_ratio, vy_ratio, flag_do_rot)
+        return CropInfo()
+
+    align.crop_liveportrait = crop_liveportrait
+    align.warp_to_crop = lambda image, M_o2c, dsize: calls.setdefault("warp", dsize)
+    align.paste_back = lambda frame, crop, M_c2o, mask_crop=None, feather=8: calls.setdefault("paste", mask_crop)
+    align.make_paste_mask = lambda dsize: np.ones((dsize, dsize), np.float32)
+    schemes.eye_open_ratio = lambda lmk: np.array([0.3, 0.2])
+    schemes.lip_open_ratio = lambda lmk: np.array([0.1])
+    pkg.align, pkg.schemes = align, schemes
+    for name, mod in ((pkg.__name__, pkg), (align.__name__, align), (schemes.__name__, schemes)):
+        monkeypatch.setitem(sys.modules, name, mod)
+
+    class Face:
+        def __init__(self, score):
+            self.score, self.landmarks = score, np.full((468, 3), score, np.float32)
+
+    class Analyzer:
+        def detect_batch(self, frames):
+            return [[Face(0.1), Face(0.05)], [Face(0.9)], []]
+
+    ops = EngineFaceOps(analyzer=Analyzer(), det_thresh=0.15)
+    found = ops.landmarks(np.zeros((3, 8, 8, 3), np.uint8))
+    assert found[0] is None and found[1][0, 0] == pytest.approx(0.9) and found[2] is None
+    crop, m = ops.crop(np.zeros((8, 8, 3), np.uint8), found[1], 512, 2.2, 0.0, -0.1, False)
+    assert calls["crop"] == (512, 2.2, 0.0, -0.1, False) and crop.shape == (512, 512, 3) and m.dtype == np.float64
+    mask = ops.paste_mask(512)
+    ops.paste_back(np.zeros((8, 8, 3), np.uint8), crop, np.eye(3), mask)
+    assert calls["paste"] is mask
+    assert ops.eye_ratio(found[1]).shape == (2,) and ops.lip_ratio(found[1]).shape == (1,)
