@@ -45,8 +45,8 @@ class ConvNormAct(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.up:
             x = F.interpolate(x, scale_factor=(1.0, 2.0, 2.0) if self.dims == 3 else 2.0)
-        x = self.norm(self.conv(x))
-        x = F.leaky_relu(x) if self.leaky else F.relu(x)
+        x = self.norm(self.conv(x))  # a fresh tensor: activate in place
+        x = F.leaky_relu(x, inplace=True) if self.leaky else F.relu(x, inplace=True)
         if self.down:
             x = F.avg_pool2d(x, 2) if self.dims == 2 else F.avg_pool3d(x, (1, 2, 2))
         return x
@@ -63,9 +63,10 @@ class ResBlock3d(nn.Module):
         self.norm2 = nn.BatchNorm3d(ch, affine=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.conv1(F.relu(self.norm1(x)))
-        out = self.conv2(F.relu(self.norm2(out)))
-        return out + x
+        out = self.conv1(F.relu(self.norm1(x), inplace=True))
+        out = self.conv2(F.relu(self.norm2(out), inplace=True))
+        out += x
+        return out
 
 
 class HourglassEncoder(nn.Module):
@@ -99,7 +100,7 @@ class HourglassDecoder(nn.Module):
         out = skips[-1]
         for j, block in enumerate(self.up_blocks):
             out = torch.cat([block(out), skips[-2 - j]], dim=1)
-        return F.relu(self.norm(self.conv(out)))
+        return F.relu(self.norm(self.conv(out)), inplace=True)
 
 
 class Hourglass(nn.Module):
@@ -175,9 +176,10 @@ class SPADEResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
         skip = self.conv_s(self.norm_s(x, seg)) if self.learned_shortcut else x
-        dx = self.conv_0(F.leaky_relu(self.norm_0(x, seg), 0.2))
-        dx = self.conv_1(F.leaky_relu(self.norm_1(dx, seg), 0.2))
-        return skip + dx
+        dx = self.conv_0(F.leaky_relu(self.norm_0(x, seg), 0.2, inplace=True))
+        dx = self.conv_1(F.leaky_relu(self.norm_1(dx, seg), 0.2, inplace=True))
+        dx += skip
+        return dx
 
 
 class ChannelLayerNorm(nn.Module):

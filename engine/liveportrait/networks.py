@@ -129,7 +129,7 @@ class DenseMotionNetwork(nn.Module):
 
     def forward(self, feature: torch.Tensor, kp_driving: torch.Tensor, kp_source: torch.Tensor
                 ) -> dict[str, torch.Tensor]:
-        feature = F.relu(self.norm(self.compress(feature)))  # [B,4,d,h,w]
+        feature = F.relu(self.norm(self.compress(feature)), inplace=True)  # [B,4,d,h,w]
         b, c, d, h, w = feature.shape
         k = self.num_kp
         grid = coordinate_grid(d, h, w, kp_source)[None, None]  # [1,1,d,h,w,3]
