@@ -115,8 +115,7 @@ def build(args, device, dtype) -> "lp.LivePortraitNets":
 
 def optimise(nets, args) -> None:
     if args.channels_last:
-        for m in (nets.appearance, nets.motion, nets.generator):
-            m.to(memory_format=torch.channels_last)
+        nets.channels_last()
     if args.compile:
         nets.warping = torch.compile(nets.warping, mode=args.compile_mode)
         nets.generator = torch.compile(nets.generator, mode=args.compile_mode)

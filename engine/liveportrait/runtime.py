@@ -64,8 +64,13 @@ class LivePortraitNets:
         module = getattr(self, name)
         dtype = next(module.parameters()).dtype
         with torch.no_grad():
-            out = module(*[a.to(device=self.device, dtype=dtype) for a in args])
-            why = output_is_bad(out, black_check)
+            try:
+                out = module(*[a.to(device=self.device, dtype=dtype) for a in args])
+                why = output_is_bad(out, black_check)
+            except (NotImplementedError, RuntimeError) as exc:  # e.g. a kernel missing for bf16 on this device
+                if dtype == torch.float32 or "not implemented" not in str(exc):
+                    raise
+                out, why = None, f"an unsupported operation ({str(exc).splitlines()[0]})"
             if why and dtype != torch.float32:
                 log.warning("[DigitalHuman] LivePortrait %s gave %s output in %s; using fp32 for it from now on",
                             name, why, dtype)
@@ -103,6 +108,13 @@ class LivePortraitNets:
         n = x_d.shape[0]
         warped = self.guarded("warping", f_s.expand(n, -1, -1, -1, -1), x_d, x_s.expand(n, -1, -1))
         return self.guarded("generator", warped["out"], black_check=True)
+
+    def channels_last(self) -> None:
+        """Store 2-D convolution weights channels-last (faster convolutions on recent GPUs)."""
+        for module in self.modules().values():
+            for p in module.parameters():
+                if p.ndim == 4:
+                    p.data = p.data.contiguous(memory_format=torch.channels_last)
 
     @staticmethod
     def to_uint8(images: torch.Tensor) -> np.ndarray:

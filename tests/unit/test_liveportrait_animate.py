@@ -315,3 +315,25 @@ def test_fp16_nan_is_detected_and_network_falls_back_to_fp32() -> None:
     assert output_is_bad(torch.zeros(2, 3), black_check=True) == "black"
     assert output_is_bad({"a": torch.tensor([1.0, float("inf")])}) == "NaN/Inf"
     assert output_is_bad(torch.rand(2, 3) + 0.1, black_check=True) is None
+
+
+def test_half_precision_kernel_missing_falls_back_to_fp32() -> None:
+    class NoHalfKernel(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(1))
+
+        def forward(self, x):
+            if x.dtype != torch.float32:
+                raise NotImplementedError('"some_kernel" not implemented for \'BFloat16\'')
+            return x * self.w
+
+    lin = torch.nn.Linear(2, 2)
+    nets = LivePortraitNets(appearance=NoHalfKernel().bfloat16(), motion=lin, warping=lin, generator=lin, retarget=None)
+    out = nets.guarded("appearance", torch.ones(1, 3))
+    assert nets.fell_back == {"appearance"} and out.dtype == torch.float32
+    broken = LivePortraitNets(appearance=torch.nn.Linear(2, 2).bfloat16(), motion=lin, warping=lin, generator=lin,
+                              retarget=None)
+    with pytest.raises(RuntimeError, match="cannot be multiplied"):  # other errors are not swallowed
+        broken.guarded("appearance", torch.ones(1, 3))
+    assert broken.fell_back == set()
