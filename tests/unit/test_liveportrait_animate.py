@@ -1,0 +1,339 @@
+"""The LivePortrait animation pipeline on real media, with small networks and a stand-in face engine.
+
+The networks are the real architectures in a small configuration (random weights loaded through
+the real loader); the face operations are a simple stand-in with the FaceOps interface, so the
+pipeline is tested on its own (the pack's face engine is tested with its own module).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from comfyui_digitalhuman.engine.liveportrait import animate as A
+from comfyui_digitalhuman.engine.liveportrait import keypoints as K
+from comfyui_digitalhuman.engine.liveportrait.motion import drive_keypoints, prepare_source_motion
+from comfyui_digitalhuman.engine.liveportrait.networks import small_config
+from comfyui_digitalhuman.engine.liveportrait.options import AnimateOptions
+from comfyui_digitalhuman.engine.liveportrait.runtime import LivePortraitNets, output_is_bad
+from comfyui_digitalhuman.model_loaders.liveportrait import synthetic_liveportrait
+
+
+class StandInFace:
+    """FaceOps stand-in: a face-sized box in the upper middle of any frame that is not (nearly) black."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def landmarks(self, frames: np.ndarray) -> list[np.ndarray | None]:
+        self.calls += len(frames)
+        out = []
+        for f in frames:
+            if f.mean() < 8:
+                out.append(None)
+                continue
+            h, w = f.shape[:2]
+            lmk = np.zeros((468, 3), np.float32)
+            lmk[:, 0], lmk[:, 1] = w / 2, h * 0.45
+            lmk[0, :2] = (w / 2 - 0.15 * min(h, w), h * 0.45 - 0.15 * min(h, w))
+            lmk[1, :2] = (w / 2 + 0.15 * min(h, w), h * 0.45 + 0.15 * min(h, w))
+            lmk[2, 0] = f.mean() / 255  # something that changes between frames, read by the ratios
+            out.append(lmk)
+        return out
+
+    def crop(self, image, lmk, dsize, scale, vx_ratio, vy_ratio, do_rot):
+        (x0, y0), (x1, y1) = lmk[0, :2], lmk[1, :2]
+        side = (x1 - x0) * scale / 2
+        cx, cy = (x0 + x1) / 2 + vx_ratio * side, (y0 + y1) / 2 - vy_ratio * side
+        s = dsize / side
+        m = np.array([[s, 0, dsize / 2 - s * cx], [0, s, dsize / 2 - s * cy], [0, 0, 1]], np.float64)
+        return self.warp_to_crop(image, m, dsize), m
+
+    def warp_to_crop(self, image, M_o2c, dsize):
+        return cv2.warpAffine(image, M_o2c[:2], (dsize, dsize), flags=cv2.INTER_LINEAR)
+
+    def paste_mask(self, dsize):
+        r = np.linspace(-1, 1, dsize)
+        d = np.maximum(np.abs(r)[None, :], np.abs(r)[:, None])
+        return np.clip((0.9 - d) / 0.2, 0, 1).astype(np.float32)
+
+    def paste_back(self, frame, crop, M_c2o, mask):
+        h, w = frame.shape[:2]
+        warped = cv2.warpAffine(crop, M_c2o[:2], (w, h), flags=cv2.INTER_LINEAR).astype(np.float32)
+        m = cv2.warpAffine(mask, M_c2o[:2], (w, h), flags=cv2.INTER_LINEAR)[..., None]
+        return np.clip(m * warped + (1 - m) * frame, 0, 255).astype(np.uint8)
+
+    def eye_ratio(self, lmk):
+        return np.array([0.3 + lmk[2, 0] / 4, 0.31], np.float32)
+
+    def lip_ratio(self, lmk):
+        return np.array([0.05 + lmk[2, 0] / 10], np.float32)
+
+
+def read_frames(path: Path, n: int) -> np.ndarray:
+    with av.open(str(path)) as c:
+        frames = []
+        for frame in c.decode(video=0):
+            frames.append(frame.to_ndarray(format="rgb24"))
+            if len(frames) == n:
+                break
+    return np.stack(frames)
+
+
+@pytest.fixture(scope="module")
+def nets() -> LivePortraitNets:
+    torch.manual_seed(0)
+    return synthetic_liveportrait(small_config(), seed=3)
+
+
+@pytest.fixture(scope="module")
+def portrait(testdata: Path) -> np.ndarray:
+    img = cv2.cvtColor(cv2.imread(str(testdata / "s0.jpg")), cv2.COLOR_BGR2RGB)
+    return img
+
+
+@pytest.fixture(scope="module")
+def driving(testdata: Path) -> np.ndarray:
+    return read_frames(testdata / "d20.mp4", 3)
+
+
+def run(nets, src, drv, face=None, **opts) -> tuple[A.Animation, np.ndarray, np.ndarray]:
+    anim = A.animate(nets, src, drv, face or StandInFace(), AnimateOptions(**opts))
+    chunks = list(anim)
+    return anim, np.concatenate([c.frames for c in chunks]), np.concatenate([c.crops for c in chunks])
+
+
+def test_animates_real_portrait_with_pasteback(nets, portrait, driving) -> None:
+    done = []
+    anim = A.animate(nets, portrait, driving, StandInFace(), AnimateOptions(chunk_size=3),
+                     progress=lambda d, t: done.append((d, t)))
+    frames = np.concatenate([c.frames for c in anim])
+    assert frames.shape == (len(driving),) + anim.source.image.shape
+    assert anim.missing == []
+    mask = anim.face_mask
+    outside, inside = mask == 0, mask > 0.99
+    assert outside.any() and inside.any()
+    # background outside the paste-back mask is the source, bit for bit
+    assert np.array_equal(frames[:, outside], np.broadcast_to(anim.source.image[outside], frames[:, outside].shape))
+    # the face region changes with the driving frames and differs from the source
+    assert np.abs(frames[1].astype(int) - frames[0].astype(int))[inside].mean() > 0
+    assert done[-1][0] == done[-1][1] == 2 * len(driving)
+
+
+def test_missing_driving_faces_pass_or_hold(nets, portrait, driving) -> None:
+    drv = driving.copy()
+    drv[2] = 0  # a frame without a face
+    anim, frames, crops = run(nets, portrait, drv, chunk_size=2)
+    assert anim.missing == [2]
+    assert np.array_equal(frames[2], anim.source.image)
+    assert not np.array_equal(frames[1], anim.source.image)
+    anim_h, frames_h, crops_h = run(nets, portrait, drv, chunk_size=2, missing_face="hold")
+    assert anim_h.missing == [2]
+    # the last good driving frame is held (computed in another batch: equal up to conv rounding)
+    assert np.abs(crops_h[2].astype(int) - crops_h[1].astype(int)).max() <= 2
+    assert np.abs(crops_h[2].astype(int) - crops[0].astype(int)).max() > 2
+
+
+def test_first_frame_is_identity_in_relative_mode(nets, portrait, driving) -> None:
+    """Relative motion anchors on driving frame 0: with it, the driven keypoints are the source's own."""
+    opts = AnimateOptions(stitching=False)
+    src = A.prepare_source(nets, portrait, StandInFace(), opts)
+    info = nets.keypoint_info(nets.to_input(driving[:1]))
+    x_d = drive_keypoints(src.motion, info, info, opts, nets.retarget)
+    torch.testing.assert_close(x_d, src.motion.x_s, atol=1e-5, rtol=0)
+
+
+def test_no_face_in_portrait_fails_before_any_network(nets, driving, testdata: Path) -> None:
+    img = np.zeros((300, 200, 3), np.uint8)
+    calls = []
+    orig = nets.guarded
+    nets.guarded = lambda *a, **k: calls.append(a[0]) or orig(*a, **k)
+    try:
+        with pytest.raises(A.NoFaceError, match="no face found in the source portrait"):
+            A.animate(nets, img, driving, StandInFace())
+    finally:
+        del nets.guarded
+    assert calls == []
+
+
+def test_no_face_in_any_driving_frame_is_an_error(nets, portrait) -> None:
+    with pytest.raises(ValueError, match="no face found in any of the 3 driving frames"):
+        A.animate(nets, portrait, np.zeros((3, 64, 64, 3), np.uint8), StandInFace())
+
+
+def test_gray_rgba_small_and_large_portraits(nets, portrait, driving) -> None:
+    gray = cv2.cvtColor(portrait, cv2.COLOR_RGB2GRAY)
+    rgba = np.concatenate([portrait, np.full(portrait.shape[:2] + (1,), 255, np.uint8)], axis=-1)
+    small = cv2.resize(portrait, (200, 200))
+    big = cv2.resize(portrait, (3840, 2160))
+    for img, hw in ((gray, portrait.shape[:2]), (rgba, portrait.shape[:2]), (small, (200, 200)), (big, (720, 1280))):
+        src = A.prepare_source(nets, img, StandInFace(), AnimateOptions())
+        assert src.image.shape == hw + (3,) and src.mask.shape == hw
+    anim, frames, _ = run(nets, gray, driving[:1])  # a single driving image: lip_array anchored expression
+    assert frames.shape == (1,) + portrait.shape
+
+
+def test_streaming_source_and_other_aspect_ratio(nets, portrait, driving) -> None:
+    class Stream:  # the FrameStream interface: re-iterable chunks and a length
+        def __init__(self, frames):
+            self.frames, self.reads = frames, 0
+
+        def __len__(self):
+            return len(self.frames)
+
+        def iter_chunks(self, n):
+            self.reads += 1
+            for i in range(0, len(self.frames), n):
+                yield self.frames[i:i + n]
+
+    wide = np.ascontiguousarray(np.concatenate([driving[:2], driving[:2, :, : driving.shape[2] // 2]], axis=2))
+    stream = Stream(wide)
+    anim, frames, _ = run(nets, portrait, stream, chunk_size=3)
+    assert len(frames) == len(wide) and stream.reads == 2
+    assert anim.track.M_o2c is not None  # a non-square driving video is cropped around the face
+
+
+def test_driving_frames_of_different_sizes_are_rejected(nets, portrait, driving) -> None:
+    def chunks(n):
+        yield driving[:2]
+        yield driving[2:3, :100]
+
+    with pytest.raises(ValueError, match="driving frame 2: size"):
+        A.animate(nets, portrait, chunks, StandInFace(), AnimateOptions(chunk_size=2))
+
+
+def test_option_validation() -> None:
+    with pytest.raises(ValueError, match="animation_region 'face'"):
+        AnimateOptions(animation_region="face")
+    with pytest.raises(ValueError, match=r"unknown LivePortrait option\(s\) \['flag_x'\]"):
+        AnimateOptions.from_dict({"flag_x": 1})
+
+
+# --- the keypoint composition, branch by branch -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def motion_case(nets):
+    g = torch.Generator().manual_seed(4)
+
+    def info(n):
+        return K.refine({"pitch": torch.randn(n, 66, generator=g), "yaw": torch.randn(n, 66, generator=g),
+                         "roll": torch.randn(n, 66, generator=g), "t": 0.05 * torch.randn(n, 3, generator=g),
+                         "exp": 0.02 * torch.randn(n, 63, generator=g), "scale": 1.5 + 0.1 * torch.rand(n, 1, generator=g),
+                         "kp": 0.3 * torch.randn(n, 63, generator=g)})
+
+    s, d = info(1), info(4)
+    return s, d
+
+
+def _src(s, opts, nets):
+    return prepare_source_motion(s, np.array([0.3, 0.3]), np.array([0.1]), opts, nets.retarget.lip)
+
+
+def test_pose_region_keeps_source_expression(nets, motion_case) -> None:
+    s, d = motion_case
+    opts = AnimateOptions(animation_region="pose", stitching=False, driving_option="pose-friendly")
+    x = drive_keypoints(_src(s, opts, nets), d, d.select(0), opts, nets.retarget)
+    rot = (d.rotation @ d.select(0).rotation.transpose(1, 2)) @ s.rotation
+    t = s.t + (d.t - d.select(0).t)
+    t[:, 2] = 0
+    expected = s.scale[..., None] * (s.kp @ rot + s.exp) + t[:, None]
+    torch.testing.assert_close(x, expected, atol=1e-6, rtol=0)
+
+
+def test_exp_region_keeps_source_pose_and_multiplier_scales_motion(nets, motion_case) -> None:
+    s, d = motion_case
+    opts = AnimateOptions(animation_region="exp", stitching=False, driving_option="pose-friendly")
+    src = _src(s, opts, nets)
+    x = drive_keypoints(src, d, d.select(0), opts, nets.retarget)
+    expected = s.scale[..., None] * (s.kp @ s.rotation + s.exp + (d.exp - d.select(0).exp))
+    expected[..., :2] += s.t[:, None, :2]
+    torch.testing.assert_close(x, expected, atol=1e-6, rtol=0)
+    half = drive_keypoints(src, d, d.select(0), AnimateOptions(**{**opts.to_dict(), "driving_multiplier": 0.5}),
+                           nets.retarget)
+    torch.testing.assert_close(half, src.x_s + 0.5 * (x - src.x_s), atol=1e-6, rtol=0)
+
+
+def test_absolute_exp_copies_only_the_listed_coefficients(nets, motion_case) -> None:
+    s, d = motion_case
+    opts = AnimateOptions(relative_motion=False, animation_region="exp", stitching=False)
+    x = drive_keypoints(_src(s, opts, nets), d, d.select(0), opts, nets.retarget)
+    delta = s.exp.expand(4, -1, -1).clone()
+    for k in (1, 2, 6, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20):
+        delta[:, k] = d.exp[:, k]
+    delta[:, 3:5, 1], delta[:, 5, 2], delta[:, 8, 2], delta[:, 9, 1:] = (d.exp[:, 3:5, 1], d.exp[:, 5, 2],
+                                                                          d.exp[:, 8, 2], d.exp[:, 9, 1:])
+    expected = s.scale[..., None] * (s.kp @ s.rotation + delta)
+    expected[..., :2] += s.t[:, None, :2]
+    torch.testing.assert_close(x, expected, atol=1e-6, rtol=0)
+
+
+def test_expression_friendly_rescales_by_hull_ratio(nets, motion_case) -> None:
+    s, d = motion_case
+    pose = AnimateOptions(stitching=False, driving_option="pose-friendly")
+    expr = AnimateOptions(stitching=False)
+    src = _src(s, expr, nets)
+    xp = drive_keypoints(src, d, d.select(0), pose, nets.retarget)
+    xe = drive_keypoints(src, d, d.select(0), expr, nets.retarget)
+    m = K.motion_multiplier(src.x_s, xp[:1])
+    torch.testing.assert_close(xe, (xp - xp[:1]) * m + src.x_s, atol=1e-6, rtol=0)
+
+
+def test_eye_and_lip_retargeting_in_relative_mode_start_from_source(nets, motion_case) -> None:
+    s, d = motion_case
+    opts = AnimateOptions(eye_retargeting=True, lip_retargeting=True, stitching=False)
+    src = _src(s, opts, nets)
+    eyes, lips = np.full((4, 2), 0.2, np.float32), np.full((4, 1), 0.4, np.float32)
+    x = drive_keypoints(src, d, d.select(0), opts, nets.retarget, eyes, lips)
+    with torch.no_grad():
+        e = nets.retarget.eye(torch.cat([src.x_s.reshape(1, -1), torch.tensor([[0.3, 0.3, 0.2]])], 1)).reshape(1, 21, 3)
+        li = nets.retarget.lip(torch.cat([src.x_s.reshape(1, -1), torch.tensor([[0.1, 0.4]])], 1)).reshape(1, 21, 3)
+    torch.testing.assert_close(x, (src.x_s + e + li).expand(4, -1, -1), atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="eye-open ratios"):
+        drive_keypoints(src, d, d.select(0), opts, nets.retarget)
+
+
+def test_fp16_nan_is_detected_and_network_falls_back_to_fp32() -> None:
+    class NaNInHalf(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(1))
+
+        def forward(self, x):
+            y = x * self.w
+            return y * float("nan") if y.dtype == torch.float16 else y
+
+    lin = torch.nn.Linear(2, 2)
+    nets = LivePortraitNets(appearance=lin, motion=lin, warping=lin, generator=NaNInHalf().half(), retarget=None)
+    out = nets.guarded("generator", torch.full((1, 3), 0.5), black_check=True)
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    assert nets.fell_back == {"generator"} and nets.generator.w.dtype == torch.float32
+    assert output_is_bad(torch.zeros(2, 3), black_check=True) == "black"
+    assert output_is_bad({"a": torch.tensor([1.0, float("inf")])}) == "NaN/Inf"
+    assert output_is_bad(torch.rand(2, 3) + 0.1, black_check=True) is None
+
+
+def test_half_precision_kernel_missing_falls_back_to_fp32() -> None:
+    class NoHalfKernel(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(1))
+
+        def forward(self, x):
+            if x.dtype != torch.float32:
+                raise NotImplementedError('"some_kernel" not implemented for \'BFloat16\'')
+            return x * self.w
+
+    lin = torch.nn.Linear(2, 2)
+    nets = LivePortraitNets(appearance=NoHalfKernel().bfloat16(), motion=lin, warping=lin, generator=lin, retarget=None)
+    out = nets.guarded("appearance", torch.ones(1, 3))
+    assert nets.fell_back == {"appearance"} and out.dtype == torch.float32
+    broken = LivePortraitNets(appearance=torch.nn.Linear(2, 2).bfloat16(), motion=lin, warping=lin, generator=lin,
+                              retarget=None)
+    with pytest.raises(RuntimeError, match="cannot be multiplied"):  # other errors are not swallowed
+        broken.guarded("appearance", torch.ones(1, 3))
+    assert broken.fell_back == set()
