@@ -205,6 +205,10 @@ class LivePortraitModel:
         return f"LivePortraitModel(precision={self.precision}, device={self.nets.device}, dtype={self.nets.dtype})"
 
 
+#: The catalogue entry (model_loaders/catalog/liveportrait.json) of each network's file.
+CATALOG_IDS = {name: f"liveportrait.{name}" for name in NETWORK_NAMES}
+
+
 def load_for_comfy(precision: str = "auto", device: str = "auto", progress=None, check_interrupt=None
                    ) -> LivePortraitModel:
     """Fetch (first use) and load the five files; wrap them in a ModelPatcher unless ``device`` is ``cpu``."""
@@ -218,8 +222,8 @@ def load_for_comfy(precision: str = "auto", device: str = "auto", progress=None,
 
         dev = mm.get_torch_device()
     dtype = pick_dtype(precision, dev)
-    paths = {name: ensure_model(f"liveportrait.{name}", progress=progress, check_interrupt=check_interrupt)
-             for name in NETWORK_NAMES}
+    paths = {name: ensure_model(mid, progress=progress, check_interrupt=check_interrupt)
+             for name, mid in CATALOG_IDS.items()}
     modules = {name: load_network(name, path, "cpu", dtype) for name, path in paths.items()}
     stack = LivePortraitStack(modules)
     patcher = None if device == "cpu" else make_patcher(stack)

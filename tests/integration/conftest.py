@@ -15,11 +15,11 @@ from comfy_server import ComfyServer, find_comfyui  # scripts/ is on sys.path (t
 def model_hub(tmp_path_factory):
     """A fake Hugging Face hub on loopback serving tiny weights for the catalogue's model ids."""
     from fakehub import FakeHub
-    from tiny_models import musetalk_files, publish
+    from tiny_models import liveportrait_files, musetalk_files, publish
 
     overrides = tmp_path_factory.mktemp("catalog_overrides")
     with FakeHub() as hub:
-        publish(hub, musetalk_files(), overrides)
+        publish(hub, {**musetalk_files(), **liveportrait_files()}, overrides)
         yield hub, overrides
 
 

@@ -57,11 +57,11 @@ def test_catalogue_names_only_real_nodes(pack_nodes):
 
 
 def test_loaders_ask_only_for_catalogued_files():
-    from comfyui_digitalhuman.model_loaders import face, musetalk
+    from comfyui_digitalhuman.model_loaders import face, liveportrait, musetalk
     from comfyui_digitalhuman.model_loaders.catalog import load_catalog
 
     ids = set(load_catalog())
-    for module in (face, musetalk):
+    for module in (face, liveportrait, musetalk):
         wanted = module.CATALOG_IDS.values() if isinstance(module.CATALOG_IDS, dict) else module.CATALOG_IDS
         missing = set(wanted) - ids
         assert not missing, f"{module.__name__} asks for {sorted(missing)}, not in the catalogue"

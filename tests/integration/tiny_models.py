@@ -1,4 +1,4 @@
-"""Tiny random weights in the published layouts, served by a local fake hub under the catalogue's
+"""Small random weights in the published layouts, served by a local fake hub under the catalogue's
 own repos and paths, so model nodes in a real ComfyUI download, check and load them for real.
 
 The catalogue's sizes and hashes belong to the published files; an override catalogue
@@ -43,6 +43,14 @@ def musetalk_files() -> dict[str, bytes]:
         "whisper.tiny_config": json.dumps(nets.TINY_WHISPER_CONFIG).encode(),
         "face.parsing_bisenet": _torch_bytes(m.parser.state_dict()),
     }
+
+
+def liveportrait_files() -> dict[str, bytes]:
+    """Full-size LivePortrait networks (no smaller layout is published) with seeded random weights."""
+    from comfyui_digitalhuman.model_loaders.liveportrait import CATALOG_IDS, synthetic_weights
+
+    return {mid: _torch_bytes(synthetic_weights(name, seed=i, layout="pth"))
+            for i, (name, mid) in enumerate(CATALOG_IDS.items())}
 
 
 def publish(hub, files: dict[str, bytes], overrides_dir: Path) -> None:

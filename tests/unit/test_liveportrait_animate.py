@@ -337,3 +337,27 @@ def test_half_precision_kernel_missing_falls_back_to_fp32() -> None:
     with pytest.raises(RuntimeError, match="cannot be multiplied"):  # other errors are not swallowed
         broken.guarded("appearance", torch.ones(1, 3))
     assert broken.fell_back == set()
+
+
+def test_real_face_engine_drives_the_crops(nets, portrait, testdata: Path) -> None:
+    """The pack's own face engine (not a stand-in) finds and crops the faces of s0.jpg and d20.mp4."""
+    from comfyui_digitalhuman.engine.liveportrait.faces import EngineFaceOps
+
+    driving = read_frames(testdata / "d20.mp4", 30)[::10]  # frames 0, 10, 20
+    face = EngineFaceOps()
+    anim = A.animate(nets, portrait, driving, face, AnimateOptions(chunk_size=2))
+    frames = np.concatenate([c.frames for c in anim])
+    assert frames.shape == (3,) + portrait.shape and anim.missing == []
+    # the source crop is centred on the detected face: its landmarks land near the crop's middle
+    lmk = face.landmarks(portrait[None])[0][:, :2]
+    M_o2c = np.linalg.inv(anim.source.M_c2o)
+    centre = (np.c_[lmk, np.ones(len(lmk))] @ M_o2c[:2].T).mean(0)
+    size = anim.source.crop.shape[0]
+    assert np.all(np.abs(centre - size / 2) < size * 0.15), centre
+    mask = anim.face_mask
+    inside = mask > 0.99
+    ys, xs = np.nonzero(inside)
+    box = face.analyzer.detect(portrait)[0].box
+    assert box[0] - 40 < xs.mean() < box[2] + 40 and box[1] - 40 < ys.mean() < box[3] + 80  # mask sits on the face
+    outside = mask == 0
+    assert np.array_equal(frames[:, outside], np.broadcast_to(portrait[outside], frames[:, outside].shape))

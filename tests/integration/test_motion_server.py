@@ -1,0 +1,48 @@
+"""LivePortrait through a real ComfyUI: the five networks downloaded (full-size layouts, random
+weights) and loaded strictly inside the server, the shipped workflows run on the real media."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from comfy_helpers import run_prompt, upload
+from test_video_roundtrip import media_facts
+
+pytestmark = pytest.mark.integration
+
+API = Path(__file__).resolve().parents[2] / "workflows" / "api"
+
+
+def test_liveportrait_workflow_animates_s0_with_d20(comfy, testdata):
+    for name in ("s0.jpg", "d20.mp4"):
+        upload(comfy, testdata / name)
+    prompt = json.loads((API / "liveportrait_animate.json").read_text())
+    prompt["2"]["inputs"]["frame_load_cap"] = 3  # full-size networks on a CPU: a few frames
+    prompt["5"]["inputs"]["preset"] = "ultrafast"
+    prompt["5"]["inputs"]["audio_fit"] = "pad_or_trim"
+    events: list = []
+    result = run_prompt(comfy, prompt, events)
+    (item,) = [f for f in result.files if f["filename"].endswith(".mp4")]
+    out = media_facts(comfy.output_dir / item["subfolder"] / item["filename"])
+    assert out["frames"] == 3 and out["fps"] == pytest.approx(25.0)
+    assert out["size"] == (600, 704)  # the paste-back resolution: the portrait's own
+    assert out["audio_s"] == pytest.approx(3 / 25, abs=1 / 25)  # the driving clip's sound under those frames
+    assert any(t == "progress" and d.get("node") == "4" for t, d in events)
+    assert len(list((comfy.workdir / "models" / "liveportrait").rglob("*.pth"))) == 5
+
+
+def test_expression_edit_workflow_changes_only_the_face(comfy, testdata):
+    upload(comfy, testdata / "s0.jpg")
+    prompt = json.loads((API / "expression_edit.json").read_text())
+    result = run_prompt(comfy, prompt)
+    (item,) = [f for f in result.files if f["filename"].endswith(".png")]
+    out = np.asarray(Image.open(comfy.output_dir / item["subfolder"] / item["filename"]).convert("RGB")).astype(int)
+    src = np.asarray(Image.open(testdata / "s0.jpg").convert("RGB")).astype(int)
+    assert out.shape == src.shape
+    diff = np.abs(out - src).sum(-1) > 0
+    assert diff.any() and diff.mean() < 0.5  # something changed, and not the whole picture
+    assert np.all(np.abs(out[-40:] - src[-40:]) == 0)  # the bottom rows (far from the face) are untouched
