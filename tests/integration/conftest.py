@@ -49,10 +49,13 @@ def object_info(comfy) -> dict:
 
 
 @pytest.fixture(scope="session")
-def pack_nodes(comfy):
-    """The pack's node modules imported in this process (ComfyUI's modules on sys.path)."""
-    if str(comfy.comfyui) not in sys.path:
-        sys.path.append(str(comfy.comfyui))
+def pack_nodes(comfy, comfy_modules):
+    """The pack's node modules imported in this process, seeing the server's folders (so the
+    file lists in node inputs agree with the server's)."""
+    server, fp = comfy, comfy_modules.folder_paths
+    fp.set_input_directory(str(server.input_dir))
+    fp.set_output_directory(str(server.output_dir))
+    fp.set_temp_directory(str(server.temp_dir))
     from comfyui_digitalhuman import nodes
 
     return nodes

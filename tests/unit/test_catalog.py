@@ -95,8 +95,8 @@ def test_files_for_groups_nodes_and_errors():
     cat = load_catalog()
     assert all(not e.optional for e in files_for("all"))
     assert len(files_for("all", include_optional=True)) == len(cat)
-    node = files_for("DH_LivePortraitLoader")
-    assert node and all("DH_LivePortraitLoader" in e.nodes and not e.optional for e in node)
+    node = files_for("DH_LoadLivePortrait")
+    assert node and all("DH_LoadLivePortrait" in e.nodes and not e.optional for e in node)
     assert catalog.groups()[-1] == "all" and "musetalk" in catalog.groups()
     with pytest.raises(KeyError, match="unknown model group 'nope'; known groups: .*liveportrait"):
         files_for("nope")
