@@ -30,7 +30,15 @@ def _load_all() -> None:
             if node_id in NODE_CLASS_MAPPINGS:
                 raise RuntimeError(f"node id {node_id} defined twice (nodes/{info.name}.py)")
             NODE_CLASS_MAPPINGS[node_id] = cls
-        NODE_DISPLAY_NAME_MAPPINGS.update(getattr(mod, "NODE_DISPLAY_NAME_MAPPINGS", {}))
+        for node_id, name in getattr(mod, "NODE_DISPLAY_NAME_MAPPINGS", {}).items():
+            NODE_DISPLAY_NAME_MAPPINGS[node_id] = _display_name(name)
+
+
+def _display_name(name: str) -> str:
+    """One suffix for every node, so ours stand apart from core nodes of the same name in search."""
+    for suffix in (" (DH)", " (DigitalHuman)"):
+        name = name.removesuffix(suffix)
+    return f"{name} (DigitalHuman)"
 
 
 _load_all()

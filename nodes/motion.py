@@ -294,5 +294,5 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "DH_LoadLivePortrait": "Load LivePortrait",
     "DH_LivePortraitAnimate": "LivePortrait Animate",
     "DH_LivePortraitRetarget": "LivePortrait Retarget Eyes/Lips",
-    "DH_ExpressionEditor": "Expression Editor (LivePortrait)",
+    "DH_ExpressionEditor": "LivePortrait Expression Editor",
 }
