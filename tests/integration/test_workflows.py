@@ -47,6 +47,54 @@ def test_ui_workflow_loads(path, object_info):
     assert wf["last_node_id"] >= max(nodes)
 
 
+def widget_names(spec: dict) -> list[str]:
+    """The widget values the frontend saves for a node, in order (``#control`` after seed-like INTs,
+    ``#upload`` after an image-upload combo)."""
+    names = []
+    for section in ("required", "optional"):
+        for name, ispec in spec["input"].get(section, {}).items():
+            kind, opts = ispec[0], (ispec[1] if len(ispec) > 1 else {})
+            if isinstance(kind, list) or (kind in ("INT", "FLOAT", "STRING", "BOOLEAN") and not opts.get("forceInput")):
+                names.append(name)
+                if kind == "INT" and (name in ("seed", "noise_seed") or opts.get("control_after_generate")):
+                    names.append("#control")
+                if opts.get("image_upload"):
+                    names.append("#upload")
+    return names
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.stem)
+def test_api_twin_equals_the_ui_graph(path, object_info):
+    ui = json.loads(path.read_text())
+    api = json.loads((WORKFLOWS / "api" / path.name).read_text())
+    nodes = [n for n in ui["nodes"] if n["type"] not in FRONTEND_ONLY]
+    assert sorted(api) == sorted(str(n["id"]) for n in nodes), f"{path.name}: node ids differ from the API twin"
+    links = {l[0]: l for l in ui["links"]}
+    for n in nodes:
+        a = api[str(n["id"])]
+        assert a["class_type"] == n["type"], (path.name, n["id"])
+        names = widget_names(object_info[n["type"]])
+        assert len(n["widgets_values"]) == len(names), f"{path.name}: node {n['id']} ({n['type']}) widget values"
+        linked = {i["name"] for i in n.get("inputs", []) if i.get("link") is not None}
+        for name, value in zip(names, n["widgets_values"]):
+            if name.startswith("#") or name in linked:
+                continue
+            assert a["inputs"].get(name) == value, f"{path.name}: node {n['id']}.{name}: UI {value!r} vs API {a['inputs'].get(name)!r}"
+        for inp in n.get("inputs", []):
+            if inp.get("link") is not None:
+                _, src, slot, *_ = links[inp["link"]]
+                assert a["inputs"][inp["name"]] == [str(src), slot], (path.name, n["id"], inp["name"])
+
+
+@pytest.mark.parametrize("path", UI_FILES + API_FILES, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_no_secret_in_workflows(path):
+    from comfyui_digitalhuman.providers.http import redact
+
+    text = path.read_text()
+    assert redact(text) == text, f"{path.name} holds something key-like"
+    assert "sk-" not in text and "Bearer" not in text
+
+
 @pytest.mark.parametrize("path", API_FILES, ids=lambda p: p.stem)
 def test_api_workflow_validates(path, comfy, object_info, testdata):
     prompt = json.loads(path.read_text())

@@ -1,8 +1,6 @@
-"""LivePortrait nodes (classic API contract, a run with stand-ins for ComfyUI) and the expression editor engine."""
+"""LivePortrait nodes (classic API contract, runs on the real ComfyUI modules) and the expression editor engine."""
 from __future__ import annotations
 
-import sys
-import types
 from pathlib import Path
 
 import cv2
@@ -33,29 +31,11 @@ def portrait(testdata: Path) -> np.ndarray:
 
 
 @pytest.fixture
-def comfy_stubs(monkeypatch, tmp_path):
-    """Just enough of ComfyUI for the nodes: ProgressBar, the interrupt check and the user folder."""
-    updates = []
-    comfy = types.ModuleType("comfy")
-    utils = types.ModuleType("comfy.utils")
-    mm = types.ModuleType("comfy.model_management")
-
-    class ProgressBar:
-        def __init__(self, total):
-            self.total = total
-
-        def update_absolute(self, value, total=None):
-            updates.append((value, total))
-
-    utils.ProgressBar = ProgressBar
-    mm.throw_exception_if_processing_interrupted = lambda: None
-    comfy.utils, comfy.model_management = utils, mm
-    fp = types.ModuleType("folder_paths")
-    fp.user_directory = str(tmp_path / "user")
-    for name, mod in (("comfy", comfy), ("comfy.utils", utils), ("comfy.model_management", mm), ("folder_paths", fp)):
-        monkeypatch.setitem(sys.modules, name, mod)
+def comfy_stubs(comfy_env, monkeypatch):
+    """The real ComfyUI modules (folders in tmp, progress recorded) and a stand-in face finder that
+    makes missing-face frames deterministic; returns the recorded progress updates."""
     monkeypatch.setattr(M, "_face_ops", lambda *a, **k: StandInFace())
-    return updates
+    return comfy_env.progress
 
 
 class FakeModel:
@@ -169,83 +149,3 @@ def test_presets_roundtrip_and_errors(tmp_path: Path) -> None:
         Expression(smile=2.0).validate()
     with pytest.raises(FileNotFoundError):
         load_preset(tmp_path / "none.json")
-
-
-def test_load_for_comfy_wires_catalogue_precision_and_patcher(monkeypatch, comfy_stubs) -> None:
-    from comfyui_digitalhuman.engine.liveportrait.networks import build_network
-    from comfyui_digitalhuman.model_loaders import liveportrait as lp
-
-    asked, loaded, placed = [], [], []
-    download = types.ModuleType("comfyui_digitalhuman.model_loaders.download")
-    download.ensure_model = lambda model_id, **kw: asked.append(model_id) or Path(f"/models/{model_id}.safetensors")
-    monkeypatch.setitem(sys.modules, "comfyui_digitalhuman.model_loaders.download", download)
-    monkeypatch.setattr(lp, "load_network", lambda name, path, device, dtype: loaded.append((name, str(path), dtype))
-                        or build_network(name, small_config()).to(dtype=dtype))
-    mm = sys.modules["comfy.model_management"]
-    mm.get_torch_device = lambda: torch.device("cpu")
-    mm.unet_offload_device = lambda: torch.device("cpu")
-    mm.load_model_gpu = lambda patcher: placed.append(patcher)
-    patcher_mod = types.ModuleType("comfy.model_patcher")
-
-    class ModelPatcher:
-        def __init__(self, model, load_device, offload_device):
-            self.model, self.load_device, self.offload_device = model, load_device, offload_device
-
-    patcher_mod.ModelPatcher = ModelPatcher
-    monkeypatch.setitem(sys.modules, "comfy.model_patcher", patcher_mod)
-    sys.modules["comfy"].model_patcher = patcher_mod
-
-    model = lp.load_for_comfy("fp16", "auto")
-    assert asked == [f"liveportrait.{n}" for n in lp.NETWORK_NAMES]
-    assert [n for n, _, _ in loaded] == list(lp.NETWORK_NAMES) and {d for _, _, d in loaded} == {torch.float16}
-    assert isinstance(model.patcher, ModelPatcher) and model.patcher.model is model.stack
-    nets = model.acquire()
-    assert placed == [model.patcher] and nets.dtype == torch.float16 and nets.retarget is not None
-    cpu = lp.load_for_comfy("auto", "cpu")
-    assert cpu.patcher is None and cpu.acquire().dtype == torch.float32
-
-
-def test_engine_face_ops_follows_the_face_contract(monkeypatch) -> None:
-    """EngineFaceOps calls engine.face exactly as the pack's face contract defines it (stand-in modules here)."""
-    from comfyui_digitalhuman.engine.liveportrait.faces import EngineFaceOps
-
-    calls = {}
-    pkg = types.ModuleType("comfyui_digitalhuman.engine.face")
-    align = types.ModuleType("comfyui_digitalhuman.engine.face.align")
-    schemes = types.ModuleType("comfyui_digitalhuman.engine.face.schemes")
-
-    class CropInfo:
-        crop = np.zeros((512, 512, 3), np.uint8)
-        M_o2c = np.eye(3)
-
-    def crop_liveportrait(image, lmk468, dsize=512, scale=2.3, vx_ratio=0.0, vy_ratio=-0.125, flag_do_rot=True):
-        calls["crop"] = (dsize, scale, vx_ratio, vy_ratio, flag_do_rot)
-        return CropInfo()
-
-    align.crop_liveportrait = crop_liveportrait
-    align.warp_to_crop = lambda image, M_o2c, dsize: calls.setdefault("warp", dsize)
-    align.paste_back = lambda frame, crop, M_c2o, mask_crop=None, feather=8: calls.setdefault("paste", mask_crop)
-    align.make_paste_mask = lambda dsize: np.ones((dsize, dsize), np.float32)
-    schemes.eye_open_ratio = lambda lmk: np.array([0.3, 0.2])
-    schemes.lip_open_ratio = lambda lmk: np.array([0.1])
-    pkg.align, pkg.schemes = align, schemes
-    for name, mod in ((pkg.__name__, pkg), (align.__name__, align), (schemes.__name__, schemes)):
-        monkeypatch.setitem(sys.modules, name, mod)
-
-    class Face:
-        def __init__(self, score):
-            self.score, self.landmarks = score, np.full((468, 3), score, np.float32)
-
-    class Analyzer:
-        def detect_batch(self, frames):
-            return [[Face(0.1), Face(0.05)], [Face(0.9)], []]
-
-    ops = EngineFaceOps(analyzer=Analyzer(), det_thresh=0.15)
-    found = ops.landmarks(np.zeros((3, 8, 8, 3), np.uint8))
-    assert found[0] is None and found[1][0, 0] == pytest.approx(0.9) and found[2] is None
-    crop, m = ops.crop(np.zeros((8, 8, 3), np.uint8), found[1], 512, 2.2, 0.0, -0.1, False)
-    assert calls["crop"] == (512, 2.2, 0.0, -0.1, False) and crop.shape == (512, 512, 3) and m.dtype == np.float64
-    mask = ops.paste_mask(512)
-    ops.paste_back(np.zeros((8, 8, 3), np.uint8), crop, np.eye(3), mask)
-    assert calls["paste"] is mask
-    assert ops.eye_ratio(found[1]).shape == (2,) and ops.lip_ratio(found[1]).shape == (1,)
