@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -70,34 +69,13 @@ def _out_frames(n_samples_16k: int, fps: float) -> int:
     return frame_count(n_samples_16k, fps)
 
 
-def _chunked(frames: Iterator[np.ndarray], size: int) -> Iterator[np.ndarray]:
-    """Group single frames into ``[n,H,W,3]`` chunks of up to ``size`` (the stream's unit)."""
-    buf: list[np.ndarray] = []
-    for f in frames:
-        buf.append(f)
-        if len(buf) == size:
-            yield np.stack(buf)
-            buf = []
-    if buf:
-        yield np.stack(buf)
-
-
 def _speech_stream(musetalk: MuseTalkHandle, cache: pipeline.AvatarCache, samples: np.ndarray, fps: float,
                    batch_size: int) -> FrameStream:
-    """A lazy DH_VIDEO_STREAM of the spoken frames: every iteration runs ``speak`` anew, batch by batch,
-    with a progress bar and interrupt checks inside the consumer's loop; the networks are placed on
-    the device when the consumer starts (another node may have offloaded them since)."""
-    from ..engine.musetalk.audio import SAMPLE_RATE
-
-    n_out = _out_frames(samples.size, fps)
-    h, w = cache.frames.shape[1:3]
-
-    def open_chunks(chunk: int) -> Iterator[np.ndarray]:
-        frames = pipeline.speak(musetalk.models(), cache, samples, SAMPLE_RATE, fps, batch_size,
-                                progress=Progress(n_out), check_interrupt=check_interrupt)
-        yield from _chunked(frames, chunk)
-
-    return FrameStream(open_chunks, fps, n_out, w, h, name="MuseTalk speech")
+    """The lazy stream output: speak runs inside the consumer's loop, with a progress bar and Cancel
+    there; the networks are placed on the device when the consumer starts (another node may have
+    offloaded them since)."""
+    return pipeline.speak_stream(musetalk.models, cache, samples, fps, batch_size, make_progress=Progress,
+                                 check_interrupt=check_interrupt)
 
 
 def _first_frame(musetalk: MuseTalkHandle, cache: pipeline.AvatarCache, samples: np.ndarray, fps: float) -> torch.Tensor:
