@@ -8,6 +8,7 @@ real-time speak() loop end to end (frames/s and time to the first frame); peak m
     python scripts/bench_musetalk.py --size full --dtype bf16 --batch 1 --frames 4
     python scripts/bench_musetalk.py --size full --full-only vae,whisper,parser   # UNet tiny, the rest full
     python scripts/bench_musetalk.py --size full --device cuda --dtype fp16 --batch 16 --frames 200
+    python scripts/bench_musetalk.py --size tiny --stream-seconds 600   # 10 min speech -> MP4 via the lazy stream
 """
 from __future__ import annotations
 
@@ -100,6 +101,28 @@ def _long_audio(models: P.MuseTalkModels, wav: np.ndarray, sr: int, seconds: flo
             "audio_buffer_mb": round(samples.nbytes / 2**20, 1)}
 
 
+def _stream_to_mp4(models: P.MuseTalkModels, cache: P.AvatarCache, wav: np.ndarray, sr: int, seconds: float,
+                   batch: int) -> dict:
+    """Speech of ``seconds`` (the track looped) -> MP4 through ``speak_stream`` and ``write_mp4``, as
+    Lip Sync's stream output feeds Save Video: peak RSS growth must not follow the length."""
+    import tempfile
+
+    from comfyui_digitalhuman.engine.media.video_write import write_mp4
+
+    base = A.to_mono_16k(wav.T, sr)
+    samples = np.resize(base, int(seconds * A.SAMPLE_RATE))
+    stream = P.speak_stream(lambda: models, cache, samples, 25.0, batch)
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with tempfile.TemporaryDirectory() as tmp:
+        t = time.perf_counter()
+        info = write_mp4(Path(tmp) / "speech.mp4", stream, 25.0, audio=(samples[None], A.SAMPLE_RATE), preset="ultrafast")
+        dt = time.perf_counter() - t
+    frame_mb = cache.frames[0].nbytes / 2**20
+    return {"seconds": seconds, "frames": info.frame_count, "ms_per_frame": round(1000 * dt / info.frame_count, 2),
+            "peak_rss_growth_mb": round((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024, 1),
+            "all_frames_uint8_mb": round(frame_mb * info.frame_count, 1)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", choices=["tiny", "full"], default="tiny")
@@ -112,6 +135,8 @@ def main() -> None:
                     "(unet,vae,whisper,parser); the others stay tiny. Lets a small machine time each full network.")
     ap.add_argument("--long-audio-seconds", type=float, default=0.0,
                     help="also stream audio features over this much audio (eng.wav tiled) and report peak memory")
+    ap.add_argument("--stream-seconds", type=float, default=0.0,
+                    help="also run speech of this length -> MP4 through the lazy stream (peak RSS growth)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     ap.add_argument("--video", type=Path, default=TESTDATA / "yongen.mp4")
     ap.add_argument("--audio", type=Path, default=TESTDATA / "eng.wav")
@@ -185,6 +210,8 @@ def main() -> None:
     }
     if args.long_audio_seconds > 0:
         report["long_audio"] = _long_audio(models, wav, sr, args.long_audio_seconds, args.batch, device)
+    if args.stream_seconds > 0:
+        report["stream_to_mp4"] = _stream_to_mp4(models, cache, wav, sr, args.stream_seconds, args.batch)
     if device.type == "cuda":
         report["peak_cuda_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     print(json.dumps(report, indent=1))

@@ -253,6 +253,42 @@ def _speak(models: MuseTalkModels, cache: AvatarCache, windows: audio_mod.AudioW
             progress(start + audio_batch.shape[0], total)
 
 
+def _chunked(frames: Iterable[np.ndarray], size: int) -> Iterator[np.ndarray]:
+    """Group single frames into ``[n,H,W,3]`` chunks of up to ``size``."""
+    buf: list[np.ndarray] = []
+    for f in frames:
+        buf.append(f)
+        if len(buf) == size:
+            yield np.stack(buf)
+            buf = []
+    if buf:
+        yield np.stack(buf)
+
+
+def speak_stream(get_models: Callable[[], MuseTalkModels], cache: AvatarCache, samples_16k: np.ndarray,
+                 fps: float = 25.0, batch_size: int = 8, make_progress: Callable[[int], Progress] | None = None,
+                 check_interrupt: Interrupt | None = None):
+    """A lazy, re-iterable ``FrameStream`` of ``speak``'s frames, for long audio.
+
+    Nothing runs until a consumer iterates it; each iteration calls ``get_models()`` (so the
+    networks can be placed on the device at that moment) and ``make_progress(total)`` for a fresh
+    progress callback, then speaks batch by batch. Memory: the cache (face clip + latents), the
+    16 kHz audio and one batch + one chunk of output frames, whatever the audio length.
+    """
+    from ..media.stream import FrameStream
+
+    n_out = audio_mod.frame_count(np.asarray(samples_16k).size, fps)
+    h, w = cache.frames.shape[1:3]
+
+    def open_chunks(chunk: int) -> Iterator[np.ndarray]:
+        progress = make_progress(n_out) if make_progress else None
+        frames = speak(get_models(), cache, samples_16k, audio_mod.SAMPLE_RATE, fps, batch_size,
+                       progress=progress, check_interrupt=check_interrupt)
+        yield from _chunked(frames, chunk)
+
+    return FrameStream(open_chunks, fps, n_out, w, h, name="MuseTalk speech")
+
+
 def lip_sync(models: MuseTalkModels, frames: np.ndarray, boxes: Sequence[Sequence[float] | None] | np.ndarray,
              waveform: np.ndarray | torch.Tensor, sample_rate: int, fps: float = 25.0, batch_size: int = 8,
              blend_mode: str = "jaw", extra_margin: int = EXTRA_MARGIN,

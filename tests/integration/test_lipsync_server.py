@@ -54,3 +54,32 @@ def test_main_job_command_runs_the_talking_head_workflow(comfy, testdata, tmp_pa
     assert out["frames"] == 200  # 8.0 s of speech at 25 fps
     assert out["size"] == (726, 726)  # s6.jpg is 725x725; odd sizes are padded to even (documented rule)
     assert out["audio_s"] == pytest.approx(8.0, abs=1 / 25)
+
+
+def test_stream_path_keeps_a_minute_of_speech_out_of_ram(comfy, testdata):
+    """DH_LoadVideo(stream) -> MuseTalk Lip Sync(stream, output_images off) -> DH_SaveVideo(stream) with
+    60 s of speech over an 8-frame clip (ping-pong): the frames are made while the saver encodes."""
+    import time
+
+    for name in ("yongen.mp4", "eng.wav"):
+        upload(comfy, testdata / name)
+    prompt = json.loads((API / "lipsync_video.json").read_text())
+    assert prompt["5"]["inputs"]["stream"] == ["4", 3] and prompt["4"]["inputs"]["output_images"] is False
+    prompt["1"]["inputs"]["frame_load_cap"] = 8
+    prompt["2"]["inputs"]["audio"] = "eng.wav"
+    prompt["4"]["inputs"]["batch_size"] = 16
+    prompt["5"]["inputs"].update(preset="ultrafast", crf=30, filename_prefix="DigitalHuman/lipsync_stream")
+    with av.open(str(testdata / "eng.wav")) as c:
+        rate = c.streams.audio[0].codec_context.sample_rate
+        seconds = sum(f.samples for f in c.decode(audio=0)) / rate
+    events: list = []
+    t0 = time.monotonic()
+    result = run_prompt(comfy, prompt, events)
+    elapsed = time.monotonic() - t0
+    (item,) = [f for f in result.files if f["filename"].endswith(".mp4")]
+    out = media_facts(comfy.output_dir / item["subfolder"] / item["filename"])
+    assert out["frames"] == int(seconds * 25) == 1500
+    assert out["audio_s"] == pytest.approx(seconds, abs=1 / 25)
+    saver = [d for t, d in events if t == "progress" and d.get("node") == "5"]
+    assert saver and max(d["value"] for d in saver) == 1500  # the lip sync ran inside the saver's loop
+    print(f"60 s speech -> 1500 frames through the stream in {elapsed:.1f} s")

@@ -102,7 +102,7 @@ def test_load_lipsync_prepare_speak(musetalk_env, images, audio):
     loaded = env.modules.mm.current_loaded_models
     assert any(lm.model is handle.patcher for lm in loaded)  # placed through ComfyUI's model management
 
-    out, aud, fps = lipsync.DH_MuseTalkLipSync().run(handle, audio, 25.0, 4, 0, "jaw", images=images)
+    out, aud, fps, _ = lipsync.DH_MuseTalkLipSync().run(handle, audio, 25.0, 4, 0, "jaw", images=images)
     assert out.shape == (5, 304, 176, 3) and out.dtype == torch.float32
     assert aud is audio and fps == 25.0
     assert env.progress[-1] == (3 + 5, 3 + 5)
@@ -113,7 +113,7 @@ def test_load_lipsync_prepare_speak(musetalk_env, images, audio):
 
     (avatar,) = lipsync.DH_MuseTalkPrepareAvatar().prepare(handle, 0, "jaw", "unit_avatar", images=images)
     (loaded,) = lipsync.DH_MuseTalkLoadAvatar().load("unit_avatar")
-    out2, _, _ = lipsync.DH_MuseTalkSpeak().speak(handle, loaded, audio, 25.0, 4)
+    out2, _, _, _ = lipsync.DH_MuseTalkSpeak().speak(handle, loaded, audio, 25.0, 4)
     assert torch.equal(out2, out)  # same frames as the one-shot node
     with pytest.raises(ValueError, match="must be 1-64 letters"):
         lipsync.DH_MuseTalkLoadAvatar().load("../x")
