@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..engine.liveportrait.animate import Animation, animate, prepare_source
+from ..engine.liveportrait.animate import Animation, animate, animation_stream, prepare_source
 from ..engine.liveportrait.video_source import animate_video
 from ..engine.media.stream import FrameStream
 from ..engine.liveportrait.edit import SLIDER_RANGES, Expression, edit_portrait, load_preset, save_preset
@@ -183,7 +183,7 @@ class LivePortraitAnimate:
         else:  # one frame now (a one-frame pass), the rest while the stream is read
             first = next(iter(anim.replay(check_interrupt=check_interrupt, chunk_size=1))).frames[:1]
             out = uint8_to_image(first)
-            stream = animation_stream(anim, fps, width=first.shape[2], height=first.shape[1])
+            stream = animation_stream(anim, fps, first.shape[2], first.shape[1], anim.n, Progress, check_interrupt)
             count = 1
             report += "; streamed (IMAGE holds the first frame)"
         return (out, _face_masks(anim, count), fps, report, stream)
@@ -205,17 +205,6 @@ def _face_masks(anim, count: int) -> torch.Tensor:
     if isinstance(anim, Animation):
         return torch.from_numpy(np.ascontiguousarray(anim.face_mask, np.float32))[None].expand(count, -1, -1)
     return torch.stack([torch.from_numpy(anim.face_mask(i)) for i in range(count)])
-
-
-def animation_stream(anim, fps: float, width: int, height: int) -> FrameStream:
-    """A lazy DH_VIDEO_STREAM over an animation: each read replays the frame pass chunk by chunk, with a
-    progress bar and interrupt checks inside the consumer's loop."""
-    def chunks(_size: int):
-        bar = Progress(anim.n)
-        for chunk in anim.replay(progress=bar, check_interrupt=check_interrupt):
-            yield chunk.frames
-
-    return FrameStream(chunks, fps, anim.n, width, height, name="LivePortrait animation")
 
 
 def _render_edits(liveportrait, portrait, expressions, stitching: bool, options: AnimateOptions):

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from . import keypoints as K
+from ..media.stream import FrameStream
 from .faces import FaceOps
 from .motion import SourceMotion, drive_keypoints, prepare_source_motion
 from .options import AnimateOptions
@@ -210,6 +211,23 @@ class Replayable:
             raise RuntimeError("this animation cannot be replayed")
         report, interrupt = check_callbacks(progress, check_interrupt)
         return self.replay_fn(report, interrupt, chunk_size)
+
+
+def animation_stream(anim: Replayable, fps: float, width: int, height: int, count: int,
+                     make_progress: Callable[[int], Callable[[int, int], None]] | None = None,
+                     check_interrupt: Callable[[], None] | None = None) -> FrameStream:
+    """The animated frames as a lazy :class:`FrameStream`: each read replays the frame pass chunk by chunk.
+
+    Why: a consumer (the MP4 writer, lip sync) then pulls frames as it goes, so a long driving video
+    never has all its output frames in memory. ``make_progress(total)`` is called when a read
+    starts (so a UI progress bar belongs to the consumer's run); ``check_interrupt`` runs per chunk.
+    """
+    def chunks(_size: int) -> Iterator[np.ndarray]:
+        progress = make_progress(count) if make_progress is not None else None
+        for chunk in anim.replay(progress=progress, check_interrupt=check_interrupt):
+            yield chunk.frames
+
+    return FrameStream(chunks, fps, count, width, height, name="LivePortrait animation")
 
 
 @dataclass
