@@ -291,7 +291,10 @@ def main() -> None:
         bench_long(_without_long_minutes(sys.argv[1:]), args.long_minutes)
         return
     if args.threads:
+        import cv2
+
         torch.set_num_threads(args.threads)
+        cv2.setNumThreads(args.threads)
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
     nets = build(args, device, dtype)
     optimise(nets, args)
