@@ -183,7 +183,9 @@ class LivePortraitAnimate:
         else:  # one frame now (a one-frame pass), the rest while the stream is read
             first = next(iter(anim.replay(check_interrupt=check_interrupt, chunk_size=1))).frames[:1]
             out = uint8_to_image(first)
-            stream = animation_stream(anim, fps, first.shape[2], first.shape[1], anim.n, Progress, check_interrupt)
+            # each read re-acquires the networks: ComfyUI may have offloaded them since this node ran
+            stream = animation_stream(anim, fps, first.shape[2], first.shape[1], anim.n, Progress, check_interrupt,
+                                      before_read=liveportrait.acquire)
             count = 1
             report += "; streamed (IMAGE holds the first frame)"
         return (out, _face_masks(anim, count), fps, report, stream)

@@ -215,14 +215,18 @@ class Replayable:
 
 def animation_stream(anim: Replayable, fps: float, width: int, height: int, count: int,
                      make_progress: Callable[[int], Callable[[int, int], None]] | None = None,
-                     check_interrupt: Callable[[], None] | None = None) -> FrameStream:
+                     check_interrupt: Callable[[], None] | None = None,
+                     before_read: Callable[[], Any] | None = None) -> FrameStream:
     """The animated frames as a lazy :class:`FrameStream`: each read replays the frame pass chunk by chunk.
 
     Why: a consumer (the MP4 writer, lip sync) then pulls frames as it goes, so a long driving video
     never has all its output frames in memory. ``make_progress(total)`` is called when a read
-    starts (so a UI progress bar belongs to the consumer's run); ``check_interrupt`` runs per chunk.
+    starts (so a UI progress bar belongs to the consumer's run); ``check_interrupt`` runs per chunk;
+    ``before_read()`` too, e.g. to have the model manager put the networks back on the device.
     """
     def chunks(_size: int) -> Iterator[np.ndarray]:
+        if before_read is not None:
+            before_read()
         progress = make_progress(count) if make_progress is not None else None
         for chunk in anim.replay(progress=progress, check_interrupt=check_interrupt):
             yield chunk.frames

@@ -127,8 +127,10 @@ def test_animate_node_streams_lazily_with_progress_and_interrupt(nets, portrait,
     assert np.abs(first[0].numpy() - eager[0].numpy()).max() <= 1.5 / 255  # batch of 1 vs 2: fp32 rounding
     comfy_env.progress.clear()
     rendered.clear()
+    acquired = model.acquired
     chunks = list(stream.iter_chunks(16))
     assert [len(c) for c in chunks] == [2, 2, 1] and sum(rendered) == 5
+    assert model.acquired == acquired + 1  # the networks are (re)loaded through the model manager per read
     np.testing.assert_array_equal(np.concatenate(chunks), (eager.numpy() * 255 + 0.5).astype(np.uint8))
     assert comfy_env.progress[0] == (2, 5) and comfy_env.progress[-1] == (5, 5)
     # Cancel while a consumer reads: the next chunk raises ComfyUI's interrupt, nothing more is rendered
