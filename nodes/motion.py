@@ -12,7 +12,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..engine.liveportrait.animate import animate, prepare_source
+from ..engine.liveportrait.animate import Animation, animate, animation_stream, prepare_source
+from ..engine.liveportrait.video_source import animate_video
+from ..engine.media.stream import FrameStream
 from ..engine.liveportrait.edit import SLIDER_RANGES, Expression, edit_portrait, load_preset, save_preset
 from ..engine.liveportrait.options import ANIMATION_REGIONS, DRIVING_OPTIONS, AnimateOptions
 from ..model_loaders.comfy_wrap import PRECISIONS
@@ -112,13 +114,18 @@ def _option_inputs() -> dict:
 class LivePortraitAnimate:
     DESCRIPTION = ("Animates a portrait with the head and face motion of a driving video (LivePortrait). Driving "
                    "frames without a face leave the portrait unchanged (or hold, by option) and are listed in "
-                   "the report.")
+                   "the report. For long videos turn off output_images and connect the stream output to Save "
+                   "Video: the frames are then animated chunk by chunk while the video is written (bounded RAM).")
     CATEGORY = CAT_MOTION
-    RETURN_TYPES = ("IMAGE", "MASK", "FLOAT", "STRING")
-    RETURN_NAMES = ("frames", "face_mask", "fps", "report")
-    OUTPUT_TOOLTIPS = ("Animated frames (portrait size with paste-back, else 512x512 crops).",
-                       "Soft mask of the animated face region.", "Frame rate of the driving video.",
-                       "Frame count and the driving frames without a face.")
+    RETURN_TYPES = ("IMAGE", "MASK", "FLOAT", "STRING", VIDEO_STREAM)
+    RETURN_NAMES = ("frames", "face_mask", "fps", "report", "stream")
+    OUTPUT_TOOLTIPS = ("Animated frames (portrait size with paste-back, else 512x512 crops); only the first frame "
+                       "when output_images is off.",
+                       "Soft mask of the animated face region, one per IMAGE frame.",
+                       "Frame rate of the driving video.",
+                       "Frame count and the driving frames without a face.",
+                       "The animated frames as a lazy stream (for Save Video or lip sync). With output_images off "
+                       "they are computed while the consumer reads them, never all held in RAM.")
     FUNCTION = "run"
 
     @classmethod
@@ -130,12 +137,17 @@ class LivePortraitAnimate:
             **_option_inputs(),
             "fps": ("FLOAT", {"default": 25.0, "min": 1.0, "max": 120.0, "tooltip": "Frame rate reported for "
                               "driving IMAGE frames (a driving video stream reports its own)."}),
+            "output_images": ("BOOLEAN", {"default": True, "tooltip": "Animate every frame now into the IMAGE "
+                                          "output. Turn off for long videos and use the stream output: IMAGE then "
+                                          "holds only the first frame and the animation runs while the stream is "
+                                          "read (e.g. by Save Video)."}),
         }, "optional": {
             "driving_images": ("IMAGE", {"tooltip": "Driving frames (or one driving image)."}),
             "driving_video": (VIDEO_STREAM, {"tooltip": "A streamed driving video (read in chunks, bounded memory)."}),
         }}
 
-    def run(self, liveportrait, portrait, fps, driving_images=None, driving_video=None, **options):
+    def run(self, liveportrait, portrait, fps, driving_images=None, driving_video=None, output_images=True,
+            **options):
         if (driving_images is None) == (driving_video is None):
             raise ValueError("connect exactly one of driving_images or driving_video")
         opts = AnimateOptions.from_dict(options)
@@ -146,40 +158,55 @@ class LivePortraitAnimate:
         nets = liveportrait.acquire()
         face = _face_ops(nets.device, opts.det_thresh)
         if len(portrait) > 1:
-            return self._video(nets, image_to_uint8(portrait), driving, face, opts, fps)
-        bar = Progress(2 * max(total, 1))
-        anim = animate(nets, _one_portrait(portrait), driving, face, opts, progress=bar,
-                       check_interrupt=check_interrupt)
-        out: torch.Tensor | None = None
-        for chunk in anim:
-            if out is None:
-                out = torch.empty((anim.track.n,) + chunk.frames.shape[1:], dtype=torch.float32)
-            out[chunk.start:chunk.start + len(chunk.frames)] = uint8_to_image(chunk.frames)
-        mask = torch.from_numpy(np.ascontiguousarray(anim.face_mask, np.float32))[None].expand(len(out), -1, -1)
-        report = f"{len(out)} frames at {fps:g} fps"
-        if anim.missing:
-            report += f"; no face in driving frame(s) {anim.missing} ({opts.missing_face})"
-            log.warning("[DigitalHuman] LivePortrait: %s", report)
+            source = image_to_uint8(portrait)
+            anim = animate_video(nets, source, driving, face, opts, progress=Progress(len(source)),
+                                 check_interrupt=check_interrupt)
+            report = f"{anim.n} frames at {fps:g} fps (source video of {len(source)} frames)"
+            if anim.missing:
+                report += f"; frame(s) {anim.missing} without a face ({opts.missing_face})"
+        else:
+            # with output_images off only the first pass (landmarks) runs here: the bar covers it alone
+            bar = Progress(2 * max(total, 1) if output_images else max(total, 1))
+            anim = animate(nets, _one_portrait(portrait), driving, face, opts,
+                           progress=bar if output_images else (lambda done, _total: bar(done, max(total, done))),
+                           check_interrupt=check_interrupt)
+            report = f"{anim.n} frames at {fps:g} fps"
+            if anim.missing:
+                report += f"; no face in driving frame(s) {anim.missing} ({opts.missing_face})"
+                log.warning("[DigitalHuman] LivePortrait: %s", report)
         if nets.fell_back:
             report += f"; fp32 used for {sorted(nets.fell_back)} (half precision gave NaN/black output)"
-        return (out, mask, fps, report)
+        if output_images:
+            out = _collect(anim)
+            stream = FrameStream.from_images(out, fps)
+            count = len(out)
+        else:  # one frame now (a one-frame pass), the rest while the stream is read
+            first = next(iter(anim.replay(check_interrupt=check_interrupt, chunk_size=1))).frames[:1]
+            out = uint8_to_image(first)
+            # each read re-acquires the networks: ComfyUI may have offloaded them since this node ran
+            stream = animation_stream(anim, fps, first.shape[2], first.shape[1], anim.n, Progress, check_interrupt,
+                                      before_read=liveportrait.acquire)
+            count = 1
+            report += "; streamed (IMAGE holds the first frame)"
+        return (out, _face_masks(anim, count), fps, report, stream)
 
-    @staticmethod
-    def _video(nets, source: np.ndarray, driving, face, opts: AnimateOptions, fps: float):
-        from ..engine.liveportrait.video_source import animate_video
 
-        anim = animate_video(nets, source, driving, face, opts, progress=Progress(len(source)),
-                             check_interrupt=check_interrupt)
-        out: torch.Tensor | None = None
-        for chunk in anim:
-            if out is None:
-                out = torch.empty((anim.n,) + chunk.frames.shape[1:], dtype=torch.float32)
-            out[chunk.start:chunk.start + len(chunk.frames)] = uint8_to_image(chunk.frames)
-        mask = torch.stack([torch.from_numpy(anim.face_mask(i)) for i in range(anim.n)])
-        report = f"{anim.n} frames at {fps:g} fps (source video of {len(source)} frames)"
-        if anim.missing:
-            report += f"; frame(s) {anim.missing} without a face ({opts.missing_face})"
-        return (out, mask, fps, report)
+def _collect(anim) -> torch.Tensor:
+    """Every animated frame in one IMAGE tensor (filled chunk by chunk, no second copy)."""
+    out: torch.Tensor | None = None
+    for chunk in anim:
+        if out is None:
+            out = torch.empty((anim.n,) + chunk.frames.shape[1:], dtype=torch.float32)
+        out[chunk.start:chunk.start + len(chunk.frames)] = uint8_to_image(chunk.frames)
+    return out
+
+
+def _face_masks(anim, count: int) -> torch.Tensor:
+    """MASK of the first ``count`` output frames: one shared mask for a still portrait (an expanded view, so
+    free for any count), per frame for a source video."""
+    if isinstance(anim, Animation):
+        return torch.from_numpy(np.ascontiguousarray(anim.face_mask, np.float32))[None].expand(count, -1, -1)
+    return torch.stack([torch.from_numpy(anim.face_mask(i)) for i in range(count)])
 
 
 def _render_edits(liveportrait, portrait, expressions, stitching: bool, options: AnimateOptions):

@@ -5,7 +5,8 @@ or the real files with ``--weights DIR``. Examples::
 
     python scripts/bench_liveportrait.py --device cpu --batch 1 --frames 2
     python scripts/bench_liveportrait.py --device cuda --dtype fp16 --batch 1 8 --compile --channels-last
-    python scripts/bench_liveportrait.py --device cuda --dtype fp16 --long-minutes 1 5 10   # bounded memory
+    python scripts/bench_liveportrait.py --device cuda --dtype fp16 --batch 16 --long-minutes 1 5 10   # bounded memory
+    python scripts/bench_liveportrait.py --device cpu --small --stand-in-networks --batch 8 --long-minutes 1 5 10
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from comfyui_digitalhuman.engine.liveportrait.motion import drive_keypoints  # n
 from comfyui_digitalhuman.engine.liveportrait.options import AnimateOptions  # noqa: E402
 from comfyui_digitalhuman.model_loaders import liveportrait as lp  # noqa: E402
 
+TESTDATA = Path(__file__).resolve().parents[1].parent / "shared" / "testdata"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -157,27 +159,107 @@ def bench_end_to_end(nets, device, batch: int, frames: int, reps: int) -> float:
     return 1000 * timeit(one_pass, device, reps) / len(driving)
 
 
-def bench_long(nets, device, batch: int, minutes: list[float], fps: float = 25.0) -> dict[str, dict]:
-    """Peak RAM / VRAM while streaming ``minutes`` of driving video through the whole animation."""
+def stand_in_networks(nets) -> None:
+    """Replace M and W+G by constant-time stand-ins with the same outputs (the first real result repeated).
+
+    Why: on a shared 2-core CPU even the reduced networks take ~0.3 s per frame, so 10 minutes of video
+    would take hours. Their memory is per chunk and does not depend on the video length; what can grow
+    with the length is the pipeline around them (decode, first-pass track, paste-back, MP4 encode),
+    which this keeps real.
+    """
+    real_kp, real_wd = nets.keypoint_info, nets.warp_decode
+    cache: dict[str, object] = {}
+
+    def keypoint_info(x):
+        cache.setdefault("kp", real_kp(x[:1]))
+        return cache["kp"].select(torch.zeros(x.shape[0], dtype=torch.long))
+
+    def warp_decode(f_s, x_s, x_d):
+        cache.setdefault("wd", real_wd(f_s, x_s, x_d[:1]))
+        return cache["wd"].expand(x_d.shape[0], -1, -1, -1)
+
+    nets.keypoint_info, nets.warp_decode = keypoint_info, warp_decode
+
+
+def looped_video(path: Path, n: int):
+    """A FrameStream of ``n`` frames: the video at ``path`` played again and again (read on demand)."""
+    from comfyui_digitalhuman.engine.media.stream import FrameStream
+
+    one = FrameStream.from_video(path)
+
+    def chunks(size: int):
+        left = n
+        while left > 0:
+            for chunk in one.iter_chunks(size):
+                yield chunk[:left]
+                left -= len(chunk[:left])
+                if left <= 0:
+                    return
+
+    return FrameStream(chunks, one.fps, n, one.width, one.height, name=f"{path.name} looped")
+
+
+def current_rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def bench_long_one(nets, device, batch: int, minutes: float, portrait: Path, driving: Path, preset: str) -> dict:
+    """One length: stream ``minutes`` of the looped driving video through the animation into an MP4."""
+    import tempfile
+
+    import cv2
+
+    from comfyui_digitalhuman.engine.media.video_write import write_mp4
+
     face = BoxFace()
-    portrait = np.full((720, 720, 3), 128, np.uint8)
-    out = {}
+    src = cv2.cvtColor(cv2.imread(str(portrait)), cv2.COLOR_BGR2RGB)
+    drv = looped_video(driving, int(round(minutes * 60 * 25)))
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    before = current_rss_mb()
+    t = time.perf_counter()
+    anim = A.animate(nets, src, drv, face, AnimateOptions(chunk_size=batch))
+    stream = A.animation_stream(anim, drv.fps, anim.source.image.shape[1], anim.source.image.shape[0], anim.n)
+    with tempfile.TemporaryDirectory() as tmp:
+        info = write_mp4(Path(tmp) / "long.mp4", stream, drv.fps, preset=preset)
+    return {"minutes": minutes, "frames": info.frame_count, "size": f"{info.width}x{info.height}",
+            "s": round(time.perf_counter() - t, 1), "rss_before_mb": round(before), "peak_rss_mb": round(peak_rss_mb()),
+            "peak_vram_mb": round(torch.cuda.max_memory_allocated() / 2**20) if device.type == "cuda" else None}
+
+
+def bench_long(argv: list[str], minutes: list[float]) -> list[dict]:
+    """Each length in a fresh subprocess, so every peak RSS is that run's own."""
+    import subprocess
+
+    rows = []
     for m in minutes:
-        n = int(m * 60 * fps)
+        cmd = [sys.executable, __file__, *argv, "--long-one", str(m)]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        row = json.loads(out.strip().splitlines()[-1])
+        print(json.dumps({f"long_{m:g}min": row}), flush=True)
+        rows.append(row)
+    print(f"\n| minutes | frames | output | wall s | RSS before MB | peak RSS MB | peak VRAM MB |\n|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['minutes']:g} | {r['frames']} | {r['size']} | {r['s']} | {r['rss_before_mb']} | {r['peak_rss_mb']} | "
+              f"{r['peak_vram_mb'] if r['peak_vram_mb'] is not None else '-'} |")
+    return rows
 
-        def chunks(size, n=n):
-            frame = np.full((min(size, n), 512, 512, 3), 100, np.uint8)
-            for i in range(0, n, size):
-                yield frame[: min(size, n - i)]
 
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        t = time.perf_counter()
-        anim = A.animate(nets, portrait, chunks, face, AnimateOptions(chunk_size=batch))
-        count = sum(len(c.frames) for c in anim)
-        out[f"{m}min"] = {"frames": count, "s": round(time.perf_counter() - t, 1), "peak_rss_mb": round(peak_rss_mb()),
-                          "peak_vram_mb": round(torch.cuda.max_memory_allocated() / 2**20) if device.type == "cuda" else None}
-        print(json.dumps({f"long_{m}min": out[f"{m}min"]}), flush=True)
+def _without_long_minutes(argv: list[str]) -> list[str]:
+    """The command line minus ``--long-minutes`` and its values (passed on to each child run)."""
+    out, skipping = [], False
+    for a in argv:
+        if a == "--long-minutes":
+            skipping = True
+            continue
+        if skipping:
+            try:
+                float(a)
+                continue
+            except ValueError:
+                skipping = False
+        out.append(a)
     return out
 
 
@@ -193,17 +275,41 @@ def main() -> None:
     ap.add_argument("--compile-mode", default="max-autotune")
     ap.add_argument("--channels-last", action="store_true")
     ap.add_argument("--weights", help="folder with the real weight files (default: seeded random weights)")
-    ap.add_argument("--long-minutes", type=float, nargs="*", default=[], help="stream this many minutes of video")
+    ap.add_argument("--long-minutes", type=float, nargs="*", default=[], help="stream this many minutes of the "
+                    "looped driving video through the animation into an MP4, each length in a fresh process; "
+                    "prints the peak-RSS table and exits")
+    ap.add_argument("--long-one", type=float, default=0.0, help=argparse.SUPPRESS)
+    ap.add_argument("--portrait", default=str(TESTDATA / "s0.jpg"))
+    ap.add_argument("--driving", default=str(TESTDATA / "d20.mp4"), help="looped to the requested length")
+    ap.add_argument("--preset", default="veryfast", help="x264 preset of the long-run MP4")
+    ap.add_argument("--stand-in-networks", action="store_true", help="long runs: M, W and G replaced by "
+                    "constant-time stand-ins (see stand_in_networks); the rest of the pipeline is real")
     ap.add_argument("--skip-networks", action="store_true")
     ap.add_argument("--small", action="store_true", help="reduced network configuration (memory checks on a CPU)")
     args = ap.parse_args()
+    if args.long_minutes:
+        bench_long(_without_long_minutes(sys.argv[1:]), args.long_minutes)
+        return
     if args.threads:
+        import cv2
+
         torch.set_num_threads(args.threads)
+        cv2.setNumThreads(args.threads)
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
     nets = build(args, device, dtype)
     optimise(nets, args)
     report = {"config": "small" if args.small else "published", "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x{torch.get_num_threads()}",
               "dtype": args.dtype, "compile": args.compile, "channels_last": args.channels_last, "results": {}}
+    if args.long_one:
+        if args.stand_in_networks:
+            stand_in_networks(nets)
+        with torch.inference_mode():
+            row = bench_long_one(nets, device, max(args.batch), args.long_one, Path(args.portrait), Path(args.driving),
+                                 args.preset)
+        row.update(config=report["config"] + (" + stand-in M/W/G" if args.stand_in_networks else ""),
+                   device=report["device"], dtype=args.dtype)
+        print(json.dumps(row))
+        return
     with torch.inference_mode():
         for b in args.batch:
             r = {} if args.skip_networks else bench_networks(nets, device, b, args.reps)
@@ -212,8 +318,6 @@ def main() -> None:
             r["fps"] = round(1000 / r["end_to_end"], 3)
             report["results"][f"batch{b}"] = r
             print(json.dumps({f"batch{b}_ms_per_frame": r}), flush=True)
-        if args.long_minutes:
-            report["long"] = bench_long(nets, device, max(args.batch), args.long_minutes)
     report["peak_rss_mb"] = round(peak_rss_mb())
     if device.type == "cuda":
         report["peak_vram_mb"] = round(torch.cuda.max_memory_allocated() / 2**20)

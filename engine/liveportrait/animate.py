@@ -10,7 +10,7 @@ chunk iterator is read twice.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterator
 
 import cv2
@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from . import keypoints as K
+from ..media.stream import FrameStream
 from .faces import FaceOps
 from .motion import SourceMotion, drive_keypoints, prepare_source_motion
 from .options import AnimateOptions
@@ -195,17 +196,64 @@ class AnimatedChunk:
     crops: np.ndarray  # uint8 [n,512,512,3] animated crops (the source crop for missing frames)
 
 
+ReplayFn = Callable[[Callable[[int, int], None], Callable[[], None], int], Iterator[AnimatedChunk]]
+
+
+class Replayable:
+    """An animation whose frame pass can run again from the start (its analysis is kept)."""
+
+    replay_fn: ReplayFn | None
+
+    def replay(self, progress: Callable[[int, int], None] | None = None,
+               check_interrupt: Callable[[], None] | None = None, chunk_size: int = 0) -> Iterator[AnimatedChunk]:
+        """A fresh frame pass; ``progress(done, n)``; ``chunk_size`` > 0 overrides the option (1: cheap preview)."""
+        if self.replay_fn is None:
+            raise RuntimeError("this animation cannot be replayed")
+        report, interrupt = check_callbacks(progress, check_interrupt)
+        return self.replay_fn(report, interrupt, chunk_size)
+
+
+def animation_stream(anim: Replayable, fps: float, width: int, height: int, count: int,
+                     make_progress: Callable[[int], Callable[[int, int], None]] | None = None,
+                     check_interrupt: Callable[[], None] | None = None,
+                     before_read: Callable[[], Any] | None = None) -> FrameStream:
+    """The animated frames as a lazy :class:`FrameStream`: each read replays the frame pass chunk by chunk.
+
+    Why: a consumer (the MP4 writer, lip sync) then pulls frames as it goes, so a long driving video
+    never has all its output frames in memory. ``make_progress(total)`` is called when a read
+    starts (so a UI progress bar belongs to the consumer's run); ``check_interrupt`` runs per chunk;
+    ``before_read()`` too, e.g. to have the model manager put the networks back on the device.
+    """
+    def chunks(_size: int) -> Iterator[np.ndarray]:
+        if before_read is not None:
+            before_read()
+        progress = make_progress(count) if make_progress is not None else None
+        for chunk in anim.replay(progress=progress, check_interrupt=check_interrupt):
+            yield chunk.frames
+
+    return FrameStream(chunks, fps, count, width, height, name="LivePortrait animation")
+
+
 @dataclass
-class Animation:
-    """Iterates the animated chunks; ``missing`` lists driving frames without a face once iterated."""
+class Animation(Replayable):
+    """Iterates the animated chunks; ``missing`` lists driving frames without a face once iterated.
+
+    :meth:`replay` runs the second pass again from the start (the first-pass analysis is kept), so
+    the frames can be produced lazily by a consumer, as often as it iterates, in bounded memory.
+    """
 
     source: PreparedSource
     track: DrivingTrack
     chunks: Iterator[AnimatedChunk]
     missing: list[int] = field(default_factory=list)
+    replay_fn: ReplayFn | None = None
 
     def __iter__(self) -> Iterator[AnimatedChunk]:
         return self.chunks
+
+    @property
+    def n(self) -> int:
+        return self.track.n
 
     @property
     def face_mask(self) -> np.ndarray:
@@ -226,7 +274,13 @@ def animate(nets: LivePortraitNets, source_image: np.ndarray, driving: DrivingSo
         (1 if driving.ndim == 3 else len(driving)) if isinstance(driving, np.ndarray) else 0)
     track = analyse_driving(driving, face, opts, lambda done: report(done, 2 * max(total_hint, done)), interrupt)
     anim = Animation(src, track, iter([]), track.missing)
-    anim.chunks = _second_pass(nets, src, track, driving, face, opts, report, interrupt)
+    anim.chunks = _second_pass(nets, src, track, driving, face, opts, report, interrupt, offset=track.n)
+
+    def replay_fn(rep: Callable[[int, int], None], intr: Callable[[], None], chunk_size: int) -> Iterator[AnimatedChunk]:
+        o = replace(opts, chunk_size=chunk_size) if chunk_size > 0 else opts
+        return _second_pass(nets, src, track, driving, face, o, rep, intr, offset=0)
+
+    anim.replay_fn = replay_fn
     return anim
 
 
@@ -244,7 +298,8 @@ def render(nets: LivePortraitNets, src: PreparedSource, x_d: torch.Tensor, face:
 
 def _second_pass(nets: LivePortraitNets, src: PreparedSource, track: DrivingTrack, driving: DrivingSource,
                  face: FaceOps, opts: AnimateOptions, report: Callable[[int, int], None],
-                 interrupt: Callable[[], None]) -> Iterator[AnimatedChunk]:
+                 interrupt: Callable[[], None], offset: int = 0) -> Iterator[AnimatedChunk]:
+    """Chunks of animated frames; reports ``(offset + done, offset + n)`` (offset: frames of a first pass)."""
     n_total = track.n
     is_video = n_total > 1
     first: K.KeypointInfo | None = None
@@ -281,5 +336,5 @@ def _second_pass(nets: LivePortraitNets, src: PreparedSource, track: DrivingTrac
                                   driving_is_video=is_video)
             frames[use], out_crops[use] = render(nets, src, x_d, face)
         done += n
-        report(n_total + done, 2 * n_total)
+        report(offset + done, offset + n_total)
         yield AnimatedChunk(int(idx[0]), frames, out_crops)

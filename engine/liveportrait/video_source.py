@@ -9,7 +9,7 @@ source frame). Frames without a face (source or driving, ``missing_face``) pass 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Iterator
 
 import cv2
@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from . import keypoints as K
-from .animate import (CROP_SIZE, AnimatedChunk, DrivingSource, analyse_driving, as_rgb_uint8, iter_driving,
+from .animate import (CROP_SIZE, AnimatedChunk, DrivingSource, Replayable, ReplayFn, analyse_driving, as_rgb_uint8,
+                      iter_driving,
                       resize_to_limit, warp_mask)
 from .faces import FaceOps
 from .motion import _ABS_EXP_KP, finish_keypoints, lip_array
@@ -186,12 +187,16 @@ def animate_video(nets: LivePortraitNets, source: DrivingSource, driving: Drivin
     missing_drv = {i for i in dtrack.missing if i < n} if is_video else set()
     paste = opts.pasteback and opts.do_crop and opts.stitching
     mask_crop = np.asarray(face.paste_mask(CROP_SIZE), np.float32) if paste else None
-    return VideoAnimation(n, sorted(missing_src | missing_drv), strack, mask_crop, _video_pass(nets, source, face, opts, strack, dtrack, x_s_all, x_d_all, n,
-                                                  is_video, report, interrupt, mask_crop))
+    def replay_fn(rep: Callable[[int, int], None], intr: Callable[[], None], chunk_size: int) -> Iterator[AnimatedChunk]:
+        o = replace(opts, chunk_size=chunk_size) if chunk_size > 0 else opts
+        return _video_pass(nets, source, face, o, strack, dtrack, x_s_all, x_d_all, n, is_video, rep, intr, mask_crop)
+
+    return VideoAnimation(n, sorted(missing_src | missing_drv), strack, mask_crop,
+                          replay_fn(report, interrupt, 0), replay_fn)
 
 
 @dataclass
-class VideoAnimation:
+class VideoAnimation(Replayable):
     """Lazy result of :func:`animate_video`: ``n`` output frames, frames passed through, the chunks."""
 
     n: int
@@ -199,6 +204,7 @@ class VideoAnimation:
     source: SourceTrack
     mask_crop: np.ndarray | None
     chunks: Iterator[AnimatedChunk]
+    replay_fn: ReplayFn | None = None
 
     def __iter__(self) -> Iterator[AnimatedChunk]:
         return self.chunks

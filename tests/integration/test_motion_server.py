@@ -46,3 +46,39 @@ def test_expression_edit_workflow_changes_only_the_face(comfy, testdata):
     diff = np.abs(out - src).sum(-1) > 0
     assert diff.any() and diff.mean() < 0.5  # something changed, and not the whole picture
     assert np.all(np.abs(out[-40:] - src[-40:]) == 0)  # the bottom rows (far from the face) are untouched
+
+
+def test_streamed_chain_load_animate_save(comfy, testdata):
+    """DH_LoadVideo (no IMAGE decode) -> DH_LivePortraitAnimate (stream output, output_images off) ->
+    DH_SaveVideo(stream=...): the frames are animated while the MP4 is written, inside the save node."""
+    from comfyui_digitalhuman.nodes.motion import LivePortraitAnimate
+
+    for name in ("s0.jpg", "d20.mp4"):
+        upload(comfy, testdata / name)
+    options = {k: v[1]["default"] for k, v in LivePortraitAnimate.INPUT_TYPES()["required"].items()
+               if k not in ("liveportrait", "portrait", "fps")}
+    prompt = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "s0.jpg"}},
+        "2": {"class_type": "DH_LoadVideo", "inputs": {"video": "d20.mp4", "force_fps": 0.0, "skip_first_frames": 0,
+                                                       "frame_load_cap": 4, "select_every_nth": 1,
+                                                       "decode_images": False}},
+        "3": {"class_type": "DH_LoadLivePortrait", "inputs": {"precision": "auto", "device": "auto"}},
+        "4": {"class_type": "DH_LivePortraitAnimate", "inputs": {
+            **options, "output_images": False, "chunk_size": 2, "liveportrait": ["3", 0], "portrait": ["1", 0],
+            "fps": 25.0, "driving_video": ["2", 4]}},
+        "5": {"class_type": "DH_SaveVideo", "inputs": {"fps": 0.0, "filename_prefix": "DigitalHuman/lp_stream",
+                                                       "audio_fit": "pad_or_trim", "crf": 19, "preset": "ultrafast",
+                                                       "stream": ["4", 4], "audio": ["2", 1]}},
+        "6": {"class_type": "PreviewImage", "inputs": {"images": ["4", 0]}},
+    }
+    events: list = []
+    result = run_prompt(comfy, prompt, events)
+    mp4s = [f for f in result.files if f["filename"].endswith(".mp4")]
+    pngs = [f for f in result.files if f["filename"].endswith(".png")]
+    assert len(mp4s) == 1 and len(pngs) == 1  # the IMAGE output holds only the first frame
+    out = media_facts(comfy.output_dir / mp4s[0]["subfolder"] / mp4s[0]["filename"])
+    assert out["frames"] == 4 and out["fps"] == pytest.approx(25.0) and out["size"] == (600, 704)
+    assert out["audio_s"] == pytest.approx(4 / 25, abs=1 / 25)
+    # the animation ran inside the save node: its progress (2 chunks of 2) is reported there
+    save_progress = [d["value"] for t, d in events if t == "progress" and d.get("node") == "5"]
+    assert save_progress and max(save_progress) == 4

@@ -76,20 +76,85 @@ def test_animate_node_runs_and_reports_missing_faces(nets, portrait, testdata, c
     opts = {k: v[1]["default"] for k, v in M.LivePortraitAnimate.INPUT_TYPES()["required"].items()
             if k not in ("liveportrait", "portrait", "fps")}
     model = FakeModel(nets)
-    frames, mask, fps, report = node.run(model, torch.from_numpy(portrait[None]).float() / 255, 25.0,
-                                         driving_images=torch.from_numpy(drv).float() / 255, **opts)
+    frames, mask, fps, report, stream = node.run(model, torch.from_numpy(portrait[None]).float() / 255, 25.0,
+                                                 driving_images=torch.from_numpy(drv).float() / 255, **opts)
     assert frames.shape == (3,) + portrait.shape and frames.dtype == torch.float32
     assert mask.shape == (3,) + portrait.shape[:2] and float(mask.max()) == pytest.approx(1.0)
     assert fps == 25.0 and "no face in driving frame(s) [1]" in report
     assert torch.equal(frames[1], torch.from_numpy(portrait).float() / 255)
     assert model.acquired == 1 and comfy_stubs[-1][0] == 6
+    # with output_images on, the stream output is the IMAGE output (no second animation)
+    assert (stream.frame_count, stream.fps, stream.width, stream.height) == (3, 25.0, portrait.shape[1], portrait.shape[0])
+    np.testing.assert_array_equal(stream.read_all(), (frames.numpy() * 255 + 0.5).astype(np.uint8))
     with pytest.raises(ValueError, match="exactly one of driving_images or driving_video"):
         node.run(model, torch.zeros(1, 8, 8, 3), 25.0, **opts)
     # a batch of portraits is a source video: min(source, driving) frames, each at the source frame size
     src = torch.from_numpy(np.stack([portrait, portrait[:, ::-1]])).float() / 255
-    frames, mask, _, report = node.run(model, src, 25.0, driving_images=torch.from_numpy(drv).float() / 255, **opts)
+    frames, mask, _, report, _ = node.run(model, src, 25.0, driving_images=torch.from_numpy(drv).float() / 255, **opts)
     assert frames.shape == (2,) + portrait.shape and mask.shape == (2,) + portrait.shape[:2]
     assert "source video of 2 frames" in report and "[1]" in report
+
+
+def _defaults() -> dict:
+    return {k: v[1]["default"] for k, v in M.LivePortraitAnimate.INPUT_TYPES()["required"].items()
+            if k not in ("liveportrait", "portrait", "fps")}
+
+
+def test_animate_node_streams_lazily_with_progress_and_interrupt(nets, portrait, testdata, comfy_env,
+                                                                 monkeypatch) -> None:
+    """output_images off: the node renders one frame; the stream animates the rest while it is read, reporting
+    progress and honouring Cancel inside the reader's loop; its frames equal the eager IMAGE output."""
+    from comfyui_digitalhuman.engine.media.stream import FrameStream
+
+    monkeypatch.setattr(M, "_face_ops", lambda *a, **k: StandInFace())
+    rendered: list[int] = []
+    real_render = A.render
+    monkeypatch.setattr(A, "render", lambda nets_, src, x_d, face: rendered.append(len(x_d)) or
+                        real_render(nets_, src, x_d, face))
+    drv = FrameStream.from_video(testdata / "d20.mp4", frame_cap=5)
+    node, model, img = M.LivePortraitAnimate(), FakeModel(nets), torch.from_numpy(portrait[None]).float() / 255
+    opts = {**_defaults(), "chunk_size": 2}
+    eager, _, _, _, _ = node.run(model, img, 1.0, driving_video=drv, **opts)
+    assert len(eager) == 5 and sum(rendered) == 5
+    rendered.clear()
+    comfy_env.progress.clear()
+    first, mask, fps, report, stream = node.run(model, img, 1.0, driving_video=drv, **{**opts, "output_images": False})
+    assert sum(rendered) == 1, "only the first frame is animated by the node itself"
+    assert first.shape == (1,) + portrait.shape and mask.shape == (1,) + portrait.shape[:2]
+    assert fps == drv.fps == stream.fps and "streamed" in report
+    assert (stream.frame_count, stream.width, stream.height) == (5, portrait.shape[1], portrait.shape[0])
+    assert comfy_env.progress[-1] == (5, 5)  # the first pass only (landmarks), not a half-full bar
+    assert np.abs(first[0].numpy() - eager[0].numpy()).max() <= 1.5 / 255  # batch of 1 vs 2: fp32 rounding
+    comfy_env.progress.clear()
+    rendered.clear()
+    acquired = model.acquired
+    chunks = list(stream.iter_chunks(16))
+    assert [len(c) for c in chunks] == [2, 2, 1] and sum(rendered) == 5
+    assert model.acquired == acquired + 1  # the networks are (re)loaded through the model manager per read
+    np.testing.assert_array_equal(np.concatenate(chunks), (eager.numpy() * 255 + 0.5).astype(np.uint8))
+    assert comfy_env.progress[0] == (2, 5) and comfy_env.progress[-1] == (5, 5)
+    # Cancel while a consumer reads: the next chunk raises ComfyUI's interrupt, nothing more is rendered
+    it = stream.iter_chunks(16)
+    next(it)
+    rendered.clear()
+    comfy_env.interrupt()
+    import comfy.model_management as mm
+
+    with pytest.raises(mm.InterruptProcessingException):
+        next(it)
+    assert rendered == []
+
+
+def test_animate_node_streams_a_source_video(nets, portrait, testdata, comfy_stubs) -> None:
+    node = M.LivePortraitAnimate()
+    drv = torch.from_numpy(read_frames(testdata / "d20.mp4", 3)).float() / 255
+    src = torch.from_numpy(np.stack([portrait, portrait[:, ::-1], portrait])).float() / 255
+    eager, masks, _, _, _ = node.run(FakeModel(nets), src, 25.0, driving_images=drv, **_defaults())
+    first, mask, _, _, stream = node.run(FakeModel(nets), src, 25.0, driving_images=drv,
+                                         **{**_defaults(), "output_images": False})
+    assert first.shape == (1,) + portrait.shape and torch.equal(mask, masks[:1])
+    assert stream.frame_count == 3 and stream.fps == 25.0
+    np.testing.assert_array_equal(stream.read_all(), (eager.numpy() * 255 + 0.5).astype(np.uint8))
 
 
 def test_expression_editor_node_saves_and_loads_presets(nets, portrait, comfy_stubs) -> None:
