@@ -1,9 +1,6 @@
 """MuseTalk nodes on the real ComfyUI modules and the real download code (tiny random weights from a fake hub)."""
 from __future__ import annotations
 
-import io
-import json
-
 import av
 import cv2
 import numpy as np
@@ -11,10 +8,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from comfyui_digitalhuman.engine.musetalk import networks as nets
-from comfyui_digitalhuman.engine.musetalk.bisenet import BiSeNet
-from comfyui_digitalhuman.engine.musetalk.random_models import random_models
 from fakehub import FakeHub, serve_model
+from tiny_models import musetalk_files
 
 BOX = (62, 95, 118, 165)  # on quarter-size yongen frames (176x304)
 
@@ -23,27 +18,7 @@ BOX = (62, 95, 118, 165)  # on quarter-size yongen frames (176x304)
 def musetalk_env(comfy_env, monkeypatch, tmp_path):
     """The real ComfyUI modules and the real download code, fetching tiny random weights in the
     published layouts from a fake hub on loopback into ComfyUI's (temporary) models folder."""
-    m = random_models(tiny=True, seed=0)
-
-    def saved(obj) -> bytes:
-        buf = io.BytesIO()
-        torch.save(obj, buf)
-        return buf.getvalue()
-
-    def saved_st(obj) -> bytes:
-        from safetensors.torch import save
-
-        return save({k: v.contiguous() for k, v in obj.items()})
-
-    files = {
-        "musetalk.unet_v15": saved(m.unet.state_dict()),
-        "musetalk.config_v15": json.dumps(nets.TINY_UNET_CONFIG).encode(),
-        "vae.sd_vae_ft_mse": saved_st(m.vae.state_dict()),  # published as .safetensors
-        "vae.sd_vae_ft_mse_config": json.dumps(nets.TINY_VAE_CONFIG).encode(),
-        "whisper.tiny": saved({f"model.encoder.{k}": v for k, v in m.whisper.state_dict().items()}),
-        "whisper.tiny_config": json.dumps(nets.TINY_WHISPER_CONFIG).encode(),
-        "face.parsing_bisenet": saved(m.parser.state_dict()),
-    }
+    files = musetalk_files()  # tiny random weights in the published layouts (tests/tiny_models.py)
     monkeypatch.delenv("DH_MODELS_DIR", raising=False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     with FakeHub() as hub:
