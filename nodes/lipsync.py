@@ -157,7 +157,7 @@ class DH_MuseTalkLipSync:
         fps = float(fps) if fps > 0 else (stream_fps or 25.0)
         wave, sr = _audio_of(audio)
         models = musetalk.models()
-        from ..engine.musetalk.audio import SAMPLE_RATE, AudioWindows, to_mono_16k
+        from ..engine.musetalk.audio import SAMPLE_RATE, to_mono_16k
 
         samples = to_mono_16k(wave, sr)  # resampled once; the engine then sees 16 kHz mono
         n_out = _out_frames(samples.size, fps)
@@ -168,7 +168,6 @@ class DH_MuseTalkLipSync:
                                     progress=bar, check_interrupt=check_interrupt)
             image = _collect(out, n_out, frames.shape[1:3])
             return (image, audio, fps, FrameStream.from_images(image, fps))
-        AudioWindows(samples, models.whisper, fps)  # fails now (not in the consumer) on too-short audio
         cache = pipeline.prepare_avatar(models, frames, boxes, blend_mode, batch_size=batch_size,
                                         progress=Progress(len(frames)), check_interrupt=check_interrupt)
         return (_first_frame(musetalk, cache, samples, fps), audio, fps,
@@ -244,16 +243,15 @@ class DH_MuseTalkSpeak:
         }
 
     def speak(self, musetalk, avatar, audio, fps, batch_size, output_images=True):
-        from ..engine.musetalk.audio import SAMPLE_RATE, AudioWindows, to_mono_16k
+        from ..engine.musetalk.audio import SAMPLE_RATE, to_mono_16k
 
         wave, sr = _audio_of(audio)
         samples = to_mono_16k(wave, sr)
         fps = float(fps)
+        n_out = _out_frames(samples.size, fps)  # too-short audio fails here, not later in the consumer
         if not output_images:
-            AudioWindows(samples, musetalk.models().whisper, fps)  # too-short audio fails here, not in the consumer
             return (_first_frame(musetalk, avatar, samples, fps), audio, fps,
                     _speech_stream(musetalk, avatar, samples, fps, batch_size))
-        n_out = _out_frames(samples.size, fps)
         out = pipeline.speak(musetalk.models(), avatar, samples, SAMPLE_RATE, fps, batch_size, progress=Progress(n_out),
                              check_interrupt=check_interrupt)
         image = _collect(out, n_out, avatar.frames.shape[1:3])
