@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import torch
 from torch import nn
 
 from ..engine.liveportrait.networks import NETWORK_NAMES, build_network
+
+if TYPE_CHECKING:
+    from ..engine.liveportrait.runtime import LivePortraitNets
 
 # Published sub-dict name -> our sub-module name in StitchingRetargeting.
 RETARGET_GROUPS = {"retarget_shoulder": "stitching", "retarget_mouth": "lip", "retarget_eye": "eye"}

@@ -1,38 +1,10 @@
-"""Audio nodes (DigitalHuman/Audio) and the core AUDIO <-> numpy conversions the other nodes reuse."""
+"""Audio nodes (DigitalHuman/Audio) and the input-folder helpers the video nodes reuse."""
 from __future__ import annotations
 
-import logging
 import os
 
-import numpy as np
-import torch
-
 from ..engine.media.audio_io import AUDIO_EXTENSIONS, load_audio
-from .common import CAT_AUDIO, safe_path
-
-log = logging.getLogger("DigitalHuman")
-
-
-def audio_to_comfy(wave: np.ndarray, sample_rate: int) -> dict:
-    """float32 ``[C, T]`` -> core AUDIO ``{"waveform": [1, C, T], "sample_rate": int}``."""
-    return {"waveform": torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))[None], "sample_rate": int(sample_rate)}
-
-
-def comfy_to_audio(audio: dict, where: str = "audio") -> tuple[np.ndarray, int]:
-    """Core AUDIO -> (float32 ``[C, T]``, sample rate); a batch of several clips uses the first, with a warning."""
-    if not isinstance(audio, dict) or "waveform" not in audio or "sample_rate" not in audio:
-        raise ValueError(f"{where}: expected an AUDIO dict with 'waveform' and 'sample_rate', got {type(audio).__name__}")
-    wave = audio["waveform"]
-    wave = wave.detach().float().cpu().numpy() if isinstance(wave, torch.Tensor) else np.asarray(wave, np.float32)
-    if wave.ndim == 3:
-        if wave.shape[0] > 1:
-            log.warning("[DigitalHuman] %s: AUDIO holds %d clips; only the first is used", where, wave.shape[0])
-        wave = wave[0]
-    if wave.ndim == 1:
-        wave = wave[None]
-    if wave.ndim != 2:
-        raise ValueError(f"{where}: AUDIO waveform must be [B, C, T], got shape {tuple(audio['waveform'].shape)}")
-    return wave, int(audio["sample_rate"])
+from .common import CAT_AUDIO, audio_to_comfy, safe_path
 
 
 def list_input_files(extensions: tuple[str, ...]) -> list[str]:

@@ -6,12 +6,14 @@ module builds them from ComfyUI's ProgressBar and interrupt flag so that no engi
 """
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
+
+log = logging.getLogger("DigitalHuman")
 
 CATEGORY_ROOT = "DigitalHuman"
 CAT_AVATAR = f"{CATEGORY_ROOT}/1 Avatar"
@@ -22,6 +24,9 @@ CAT_AUDIO = f"{CATEGORY_ROOT}/Audio"
 CAT_VIDEO = f"{CATEGORY_ROOT}/Video"
 CAT_FACE = f"{CATEGORY_ROOT}/Face"
 CAT_MODELS = f"{CATEGORY_ROOT}/Models"
+
+#: The lazily read frame stream (engine.media.stream.FrameStream) that video and model nodes pass.
+VIDEO_STREAM = "DH_VIDEO_STREAM"
 
 
 def check_interrupt() -> None:
@@ -89,3 +94,25 @@ def image_to_uint8(images: torch.Tensor) -> np.ndarray:
 def uint8_to_image(frames: np.ndarray) -> torch.Tensor:
     """uint8 ``[B,H,W,3]`` -> IMAGE float 0..1."""
     return torch.from_numpy(np.ascontiguousarray(frames)).float().div_(255.0)
+
+
+def audio_to_comfy(wave: np.ndarray, sample_rate: int) -> dict:
+    """float32 ``[C, T]`` -> core AUDIO ``{"waveform": [1, C, T], "sample_rate": int}``."""
+    return {"waveform": torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))[None], "sample_rate": int(sample_rate)}
+
+
+def comfy_to_audio(audio: dict, where: str = "audio") -> tuple[np.ndarray, int]:
+    """Core AUDIO -> (float32 ``[C, T]``, sample rate); a batch of several clips uses the first, with a warning."""
+    if not isinstance(audio, dict) or "waveform" not in audio or "sample_rate" not in audio:
+        raise ValueError(f"{where}: expected an AUDIO dict with 'waveform' and 'sample_rate', got {type(audio).__name__}")
+    wave = audio["waveform"]
+    wave = wave.detach().float().cpu().numpy() if isinstance(wave, torch.Tensor) else np.asarray(wave, np.float32)
+    if wave.ndim == 3:
+        if wave.shape[0] > 1:
+            log.warning("[DigitalHuman] %s: AUDIO holds %d clips; only the first is used", where, wave.shape[0])
+        wave = wave[0]
+    if wave.ndim == 1:
+        wave = wave[None]
+    if wave.ndim != 2:
+        raise ValueError(f"{where}: AUDIO waveform must be [B, C, T], got shape {tuple(audio['waveform'].shape)}")
+    return wave, int(audio["sample_rate"])

@@ -20,10 +20,9 @@ from ..engine.media.stream import FrameStream
 from ..engine.musetalk import faces, pipeline
 from ..engine.musetalk.blend import BLEND_MODES
 from ..model_loaders.comfy_wrap import PRECISIONS
-from .common import CAT_LIPSYNC, Progress, check_interrupt, image_to_uint8, uint8_to_image
+from .common import CAT_LIPSYNC, VIDEO_STREAM, Progress, check_interrupt, comfy_to_audio, image_to_uint8, uint8_to_image
 
 MODEL_TYPE = "DH_MUSETALK"
-VIDEO_STREAM = "DH_VIDEO_STREAM"
 AVATAR_TYPE = "DH_MUSETALK_AVATAR"
 AVATAR_DIR = "musetalk_avatars"
 
@@ -47,12 +46,6 @@ def _frames_of(images, video) -> tuple[np.ndarray, float | None]:
     if images is None:
         raise ValueError("connect either 'images' (IMAGE) or 'video' (DH_VIDEO_STREAM)")
     return image_to_uint8(images), None
-
-
-def _audio_of(audio: dict) -> tuple[torch.Tensor, int]:
-    if not isinstance(audio, dict) or "waveform" not in audio or "sample_rate" not in audio:
-        raise ValueError("audio must be ComfyUI AUDIO: {'waveform': [B,C,T], 'sample_rate': int}")
-    return audio["waveform"], int(audio["sample_rate"])
 
 
 def _collect(frames_iter, n: int, hw: tuple[int, int]) -> torch.Tensor:
@@ -155,7 +148,7 @@ class DH_MuseTalkLipSync:
     def run(self, musetalk, audio, fps, batch_size, bbox_shift, blend_mode, output_images=True, images=None, video=None):
         frames, stream_fps = _frames_of(images, video)
         fps = float(fps) if fps > 0 else (stream_fps or 25.0)
-        wave, sr = _audio_of(audio)
+        wave, sr = comfy_to_audio(audio, "MuseTalk audio")
         models = musetalk.models()
         from ..engine.musetalk.audio import SAMPLE_RATE, to_mono_16k
 
@@ -245,7 +238,7 @@ class DH_MuseTalkSpeak:
     def speak(self, musetalk, avatar, audio, fps, batch_size, output_images=True):
         from ..engine.musetalk.audio import SAMPLE_RATE, to_mono_16k
 
-        wave, sr = _audio_of(audio)
+        wave, sr = comfy_to_audio(audio, "MuseTalk audio")
         samples = to_mono_16k(wave, sr)
         fps = float(fps)
         n_out = _out_frames(samples.size, fps)  # too-short audio fails here, not later in the consumer

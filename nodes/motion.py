@@ -18,11 +18,10 @@ from ..engine.media.stream import FrameStream
 from ..engine.liveportrait.edit import SLIDER_RANGES, Expression, edit_portrait, load_preset, save_preset
 from ..engine.liveportrait.options import ANIMATION_REGIONS, DRIVING_OPTIONS, AnimateOptions
 from ..model_loaders.comfy_wrap import PRECISIONS
-from .common import CAT_MOTION, Progress, check_interrupt, image_to_uint8, uint8_to_image
+from .common import CAT_MOTION, VIDEO_STREAM, Progress, check_interrupt, image_to_uint8, uint8_to_image
 
 log = logging.getLogger("DigitalHuman")
 LIVEPORTRAIT = "DH_LIVEPORTRAIT"
-VIDEO_STREAM = "DH_VIDEO_STREAM"
 PRESET_DIR = ("DigitalHuman", "expressions")
 
 

@@ -15,12 +15,12 @@ from ..engine.media.audio_io import empty_audio
 from ..engine.media.stream import FrameStream
 from ..engine.media.video_io import VIDEO_EXTENSIONS, VideoSource, probe
 from ..engine.media.video_write import AUDIO_FIT_MODES, X264_PRESETS, write_mp4
-from .audio import audio_to_comfy, comfy_to_audio, file_signature, list_input_files, validate_input_file
-from .common import CAT_VIDEO, Progress, check_interrupt, safe_path, uint8_to_image
+from .audio import file_signature, list_input_files, validate_input_file
+from .common import (CAT_VIDEO, VIDEO_STREAM, Progress, audio_to_comfy, check_interrupt, comfy_to_audio, safe_path,
+                     uint8_to_image)
 
 log = logging.getLogger("DigitalHuman")
 
-VIDEO_STREAM = "DH_VIDEO_STREAM"
 
 
 def _check_ram_for_images(name: str, frames: int, width: int, height: int) -> None:

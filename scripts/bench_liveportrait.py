@@ -239,7 +239,7 @@ def bench_long(argv: list[str], minutes: list[float]) -> list[dict]:
         row = json.loads(out.strip().splitlines()[-1])
         print(json.dumps({f"long_{m:g}min": row}), flush=True)
         rows.append(row)
-    print(f"\n| minutes | frames | output | wall s | RSS before MB | peak RSS MB | peak VRAM MB |\n|---|---|---|---|---|---|---|")
+    print("\n| minutes | frames | output | wall s | RSS before MB | peak RSS MB | peak VRAM MB |\n|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['minutes']:g} | {r['frames']} | {r['size']} | {r['s']} | {r['rss_before_mb']} | {r['peak_rss_mb']} | "
               f"{r['peak_vram_mb'] if r['peak_vram_mb'] is not None else '-'} |")

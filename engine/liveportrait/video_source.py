@@ -89,7 +89,6 @@ def driving_infos(nets: LivePortraitNets, driving: DrivingSource, track, face: F
                   interrupt: Callable[[], None]) -> K.KeypointInfo:
     """Motion-extractor outputs of every driving frame (frames without a face hold the previous good one)."""
     infos, done = [], 0
-    last = None
     for chunk in iter_driving(driving, opts.chunk_size):
         interrupt()
         crops = []

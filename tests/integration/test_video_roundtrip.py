@@ -1,11 +1,9 @@
 """Load video -> save video through a real ComfyUI: frames, fps and audio survive; bad files fail clearly."""
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import av
-import numpy as np
 import pytest
 
 from comfy_client import ExecutionFailed
