@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import av
+import numpy as np
 import pytest
 
 from comfy_helpers import run_prompt, upload
@@ -83,3 +84,39 @@ def test_stream_path_keeps_a_minute_of_speech_out_of_ram(comfy, testdata):
     saver = [d for t, d in events if t == "progress" and d.get("node") == "5"]
     assert saver and max(d["value"] for d in saver) == 1500  # the lip sync ran inside the saver's loop
     print(f"60 s speech -> 1500 frames through the stream in {elapsed:.1f} s")
+
+
+def test_core_load_audio_feeds_lip_sync(comfy, object_info, testdata):
+    """The shipped workflow with ComfyUI's own Load Audio (48 kHz stereo here) in front of our lip sync."""
+    if "LoadAudio" not in object_info:
+        pytest.skip("this ComfyUI has no core LoadAudio (the 2024 copy predates it); the workflow's schema is "
+                    "checked in test_workflows.py, and this run needs COMFYUI_PATH set to a newer ComfyUI")
+    src = testdata / "eng.wav"
+    stereo = comfy.input_dir / "eng_48k_stereo.wav"
+    with av.open(str(src)) as c:
+        pcm = np.concatenate([f.to_ndarray().reshape(-1) for f in c.decode(audio=0)])  # mono s16 16 kHz
+        rate = c.streams.audio[0].codec_context.sample_rate
+    pcm = pcm[: rate * 3]  # 3 s
+    up = np.repeat(pcm, 48000 // rate)  # 48 kHz, sample-and-hold: the length is what matters
+    write_wav(stereo, np.stack([up, up // 2], 1), 48000)
+    upload(comfy, testdata / "yongen.mp4")
+    prompt = json.loads((API / "lipsync_core_audio.json").read_text())
+    prompt["2"]["inputs"]["audio"] = stereo.name
+    prompt["1"]["inputs"]["frame_load_cap"] = 6
+    prompt["5"]["inputs"]["preset"] = "ultrafast"
+    result = run_prompt(comfy, prompt)
+    (item,) = [f for f in result.files if f["filename"].endswith(".mp4")]
+    out = media_facts(comfy.output_dir / item["subfolder"] / item["filename"])
+    assert out["frames"] == 75  # floor(3.0 s x 25 fps)
+    assert out["audio_s"] == pytest.approx(3.0, abs=1 / 25)
+
+
+def write_wav(path: Path, samples: np.ndarray, rate: int) -> None:
+    """16-bit PCM WAV with the standard library (an input independent of our own audio writer)."""
+    import wave
+
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(samples.shape[1])
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(np.ascontiguousarray(samples, dtype="<i2").tobytes())
