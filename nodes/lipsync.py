@@ -5,8 +5,10 @@ Memory: Lip Sync and Speak also give a DH_VIDEO_STREAM whose frames are generate
 ``output_images`` off the node keeps only the face clip (uint8, as read from IMAGE or the input
 stream), its avatar cache (256x256 crop latents and blend masks) and the 16 kHz audio; the
 output side holds one batch + one chunk whatever the audio length, so a 10-minute speech track
-to MP4 never holds all output frames. The face clip itself stays in RAM as uint8 frames because
-ping-pong playback pastes onto its frames in both directions (keep face clips short or small).
+to MP4 never holds all output frames. The face clip is needed whole, because ping-pong playback
+pastes onto its frames in both directions: a clip larger than ``DH_FACE_CLIP_RAM_MB`` (2048 by
+default) read from a stream is kept in an unnamed temporary file in ComfyUI's temp folder, mapped
+into memory, instead of RAM; per frame the avatar cache adds a 32 KB latent and a blend mask.
 """
 from __future__ import annotations
 
@@ -39,10 +41,26 @@ class MuseTalkHandle:
         return load_for_inference(self.patcher).models()
 
 
+def face_clip_ram_budget() -> int:
+    """Bytes of face-clip frames kept in RAM before they go to a temporary file (``DH_FACE_CLIP_RAM_MB``, default 2048)."""
+    import os
+
+    raw = os.environ.get("DH_FACE_CLIP_RAM_MB", "2048")
+    try:
+        mb = float(raw)
+    except ValueError:
+        raise ValueError(f"DH_FACE_CLIP_RAM_MB must be a number of megabytes, got '{raw}'") from None
+    return int(max(mb, 0.0) * 1024 * 1024)
+
+
 def _frames_of(images, video) -> tuple[np.ndarray, float | None]:
-    """uint8 frames from an IMAGE or a DH_VIDEO_STREAM (and the stream's fps)."""
+    """uint8 frames from an IMAGE or a DH_VIDEO_STREAM (and the stream's fps). A long stream goes to
+    a temporary file in ComfyUI's temp folder rather than RAM (see ``FrameStream.read_all``)."""
     if video is not None:
-        return video.read_all(), float(video.fps)
+        import folder_paths
+
+        return video.read_all(spill_dir=folder_paths.get_temp_directory(), ram_budget=face_clip_ram_budget()), \
+            float(video.fps)
     if images is None:
         raise ValueError("connect either 'images' (IMAGE) or 'video' (DH_VIDEO_STREAM)")
     return image_to_uint8(images), None

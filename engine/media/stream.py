@@ -171,8 +171,34 @@ class FrameStream:
             start += n
             yield batch
 
-    def read_all(self, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
-        """Every frame in one uint8 array ``[N, H, W, 3]`` (only for streams that fit in RAM)."""
+    def read_all(self, progress: Callable[[int, int], None] | None = None, spill_dir: str | None = None,
+                 ram_budget: int | None = None) -> np.ndarray:
+        """Every frame in one uint8 array ``[N, H, W, 3]``.
+
+        Why ``spill_dir``: a consumer that must revisit frames (MuseTalk's ping-pong) needs them all,
+        and a long clip does not fit in RAM (10 min at 704x1216 is 38 GB). When the frames exceed
+        ``ram_budget`` bytes they go to an anonymous file in ``spill_dir`` mapped into memory
+        (:func:`disk_array`): the OS pages them in and out, and the file vanishes with the array.
+        """
         from .video_io import read_chunks_into
 
-        return read_chunks_into(self.iter_chunks(32), self.frame_count, self.height, self.width, progress)
+        shape = (self.frame_count, self.height, self.width, 3)
+        out = None
+        if spill_dir is not None and ram_budget is not None and int(np.prod(shape)) > ram_budget:
+            out = disk_array(shape, spill_dir)
+        return read_chunks_into(self.iter_chunks(32), *shape[:3], progress, out=out)
+
+
+def disk_array(shape: tuple[int, ...], folder: str, dtype=np.uint8) -> np.ndarray:
+    """A zero-filled array backed by an unnamed temporary file in ``folder`` (removed when the array
+    and its views are gone; on POSIX the file has no name from the start)."""
+    import os
+    import tempfile
+
+    os.makedirs(folder, exist_ok=True)
+    f = tempfile.TemporaryFile(dir=folder, prefix="dh-frames-")
+    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    f.truncate(max(size, 1))
+    arr = np.memmap(f, dtype=dtype, mode="r+", shape=shape)
+    arr.backing_file = f  # keeps the file open as long as the array lives
+    return arr

@@ -285,9 +285,12 @@ class VideoSource:
 
 
 def read_chunks_into(chunks, total: int, height: int, width: int,
-                     progress: Callable[[int, int], None] | None = None) -> np.ndarray:
-    """Fill one preallocated ``[total, H, W, 3]`` array from chunks (no double copy of the frames)."""
-    out = np.empty((total, height, width, 3), dtype=np.uint8)
+                     progress: Callable[[int, int], None] | None = None, out: np.ndarray | None = None) -> np.ndarray:
+    """Fill one preallocated ``[total, H, W, 3]`` array (``out``, or a new one) from chunks (no double copy)."""
+    if out is None:
+        out = np.empty((total, height, width, 3), dtype=np.uint8)
+    elif out.shape != (total, height, width, 3) or out.dtype != np.uint8:
+        raise ValueError(f"out must be uint8 {[total, height, width, 3]}, got {out.dtype} {list(out.shape)}")
     done = 0
     for c in chunks:
         n = min(len(c), total - done)

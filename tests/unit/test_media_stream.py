@@ -112,3 +112,19 @@ def test_file_to_stream_to_mp4_holds_one_chunk_at_a_time(tmp_path: Path) -> None
     info = write_mp4(tmp_path / "b.mp4", s, 25, preset="ultrafast", chunk=chunk)
     assert info.frame_count == 96
     assert max_alive[0] <= 2  # the chunk being made, and at most the previous one still referenced
+
+
+def test_read_all_spills_a_clip_over_budget_to_an_unnamed_file(tmp_path: Path) -> None:
+    frames = ramp(9)
+    stream = FrameStream.from_images(torch.from_numpy(frames).float() / 255.0, 25.0).map_chunks(
+        lambda b: 255 - b, "invert")
+    in_ram = stream.read_all(spill_dir=str(tmp_path), ram_budget=frames.nbytes)  # fits: plain array
+    assert type(in_ram) is np.ndarray
+    spilled = stream.read_all(spill_dir=str(tmp_path), ram_budget=frames.nbytes - 1)
+    assert isinstance(spilled, np.memmap) and spilled.shape == frames.shape
+    np.testing.assert_array_equal(spilled, 255 - frames)
+    np.testing.assert_array_equal(spilled, in_ram)
+    assert list(tmp_path.iterdir()) == []  # no named file left behind, even while the array lives
+    spilled[0] = 0  # writable like an array (pasting works on it)
+    assert spilled[0].max() == 0
+    assert type(stream.read_all()) is np.ndarray  # without a folder nothing spills

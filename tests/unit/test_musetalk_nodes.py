@@ -102,3 +102,24 @@ def test_lipsync_needs_frames_and_enough_audio(musetalk_env, images):
         lipsync.DH_MuseTalkLipSync().run(handle, short, 25.0, 4, 0, "jaw")
     with pytest.raises(ValueError, match="shorter than one video frame"):
         lipsync.DH_MuseTalkLipSync().run(handle, short, 25.0, 4, 0, "jaw", images=images)
+
+
+def test_lipsync_from_a_stream_spills_a_long_clip_to_disk(musetalk_env, images, audio, monkeypatch):
+    """Over DH_FACE_CLIP_RAM_MB the streamed face clip is read into a disk-backed array; the frames are the same."""
+    lipsync, _, env = musetalk_env
+    from comfyui_digitalhuman.engine.media import stream as stream_mod
+    from comfyui_digitalhuman.engine.media.stream import FrameStream
+
+    spilled = []
+    real = stream_mod.disk_array
+    monkeypatch.setattr(stream_mod, "disk_array", lambda *a, **k: spilled.append(a) or real(*a, **k))
+    (handle,) = lipsync.DH_LoadMuseTalk().load("fp32")
+    node = lipsync.DH_MuseTalkLipSync()
+    ref, *_ = node.run(handle, audio, 25.0, 4, 0, "jaw", images=images)
+    monkeypatch.setenv("DH_FACE_CLIP_RAM_MB", "0.01")  # 10 KB: any clip spills
+    out, *_ = node.run(handle, audio, 25.0, 4, 0, "jaw", video=FrameStream.from_images(images, 25.0))
+    assert spilled and spilled[0][0] == tuple(images.shape) and spilled[0][1] == str(env.dirs["temp"])
+    assert torch.equal(out, ref)
+    monkeypatch.setenv("DH_FACE_CLIP_RAM_MB", "lots")
+    with pytest.raises(ValueError, match="DH_FACE_CLIP_RAM_MB must be a number of megabytes, got 'lots'"):
+        node.run(handle, audio, 25.0, 4, 0, "jaw", video=FrameStream.from_images(images, 25.0))
