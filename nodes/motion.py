@@ -310,7 +310,8 @@ class ExpressionEditor:
             "portrait": ("IMAGE", {"tooltip": "The portrait to edit."}),
             **sliders,
             "preset": (["none"] + list_presets(), {"default": "none", "tooltip": "A saved expression; when set, its "
-                       "values are used instead of the sliders."}),
+                       "values (sliders and ratios) are used instead of the widgets; the sample image stays as "
+                       "connected."}),
             "save_as": ("STRING", {"default": "", "tooltip": "Save the expression used under this preset name "
                         "(empty: do not save). A preset keeps the sliders and ratios, not the sample image."}),
             # appended after the older widgets so that workflows saved before them keep their values
