@@ -320,8 +320,10 @@ class ExpressionEditor:
             "sample_ratio": ratio("sample_ratio", 1.0, "Weight of what the sample image adds (0: nothing; above 1 "
                                   "exaggerates, below 0 inverts). Used only with a sample_image."),
             "sample_parts": (list(SAMPLE_PARTS), {"default": "expression", "tooltip": "What the sample image adds: "
-                             "its expression, its head rotation, only its mouth or eyes, or all (expression and "
-                             "rotation). It is added to the portrait's own (lower src_ratio to replace it)."}),
+                             "its expression, its head angles, only its mouth or eyes, or all (expression and "
+                             "angles). Added to the portrait's own, as in AdvancedLivePortrait: lower src_ratio to "
+                             "replace the expression; the angles add to the portrait's, so a frontal portrait takes "
+                             "the sample's pose."}),
         }, "optional": {
             "sample_image": ("IMAGE", {"tooltip": "One image of a face whose expression, head angles, mouth or "
                                        "eyes are added to the portrait (see sample_parts); its face is found and "

@@ -2,7 +2,10 @@
 weights) and loaded strictly inside the server, the shipped workflows run on the real media."""
 from __future__ import annotations
 
+import io
 import json
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -47,10 +50,12 @@ def test_expression_edit_workflow_changes_only_the_face(comfy, testdata):
     diff = np.abs(out - src).sum(-1) > 0
     assert diff.any() and diff.mean() < 0.5  # something changed, and not the whole picture
     assert np.all(np.abs(out[-40:] - src[-40:]) == 0)  # the bottom rows (far from the face) are untouched
-    # the editor is an output node: its face-crop preview is in the temp folder
+    # the editor is an output node: its face-crop preview is served from the temp folder, as the frontend reads it
     (preview,) = [f for f in pngs if f.get("type") == "temp"]
     assert preview["node"] == "3"
-    assert Image.open(comfy.temp_dir / preview["subfolder"] / preview["filename"]).size == (512, 512)
+    query = urllib.parse.urlencode({k: preview[k] for k in ("filename", "subfolder", "type")})
+    with urllib.request.urlopen(f"{comfy.url}/view?{query}", timeout=60) as r:
+        assert Image.open(io.BytesIO(r.read())).size == (512, 512)
     # a sample face (s6, found by the pack's face engine inside the server) lends its mouth
     upload(comfy, testdata / "s6.jpg")
     prompt["6"] = {"class_type": "LoadImage", "inputs": {"image": "s6.jpg"}}
