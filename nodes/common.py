@@ -116,3 +116,22 @@ def comfy_to_audio(audio: dict, where: str = "audio") -> tuple[np.ndarray, int]:
     if wave.ndim != 2:
         raise ValueError(f"{where}: AUDIO waveform must be [B, C, T], got shape {tuple(audio['waveform'].shape)}")
     return wave, int(audio["sample_rate"])
+
+
+def save_previews(frames: np.ndarray, prefix: str = "dh_preview") -> list[dict]:
+    """Write uint8 ``[B,H,W,3]`` frames as PNGs into ComfyUI's temp folder and return the ``ui`` image
+    entries, as core's PreviewImage does (the temp folder is emptied by ComfyUI at start-up)."""
+    import uuid
+
+    import folder_paths
+    from PIL import Image
+
+    temp = folder_paths.get_temp_directory()
+    os.makedirs(temp, exist_ok=True)
+    stem = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    res = []
+    for i, f in enumerate(frames):
+        name = f"{stem}_{i:03d}.png"
+        Image.fromarray(np.ascontiguousarray(f)).save(os.path.join(temp, name), compress_level=1)
+        res.append({"filename": name, "subfolder": "", "type": "temp"})
+    return res

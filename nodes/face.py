@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ..engine.face.align import PRESETS
-from .common import CAT_FACE, Progress, check_interrupt, image_to_uint8, uint8_to_image
+from .common import CAT_FACE, Progress, check_interrupt, image_to_uint8, save_previews, uint8_to_image
 
 log = logging.getLogger("DigitalHuman")
 
@@ -162,26 +162,7 @@ class DH_FacePreview:
                 img = draw_face(img, box, lm, pose, label)
             out[i] = img
             pb(i + 1)
-        return {"ui": {"images": self._save(out[: self.MAX_PREVIEW])}, "result": (uint8_to_image(out),)}
-
-    @staticmethod
-    def _save(frames: np.ndarray) -> list[dict]:
-        """Write preview PNGs into ComfyUI's temp folder (as core's PreviewImage does)."""
-        import os
-        import uuid
-
-        import folder_paths
-        from PIL import Image
-
-        temp = folder_paths.get_temp_directory()
-        os.makedirs(temp, exist_ok=True)
-        stem = f"dh_face_{uuid.uuid4().hex[:8]}"
-        res = []
-        for i, f in enumerate(frames):
-            name = f"{stem}_{i:03d}.png"
-            Image.fromarray(f).save(os.path.join(temp, name), compress_level=1)
-            res.append({"filename": name, "subfolder": "", "type": "temp"})
-        return res
+        return {"ui": {"images": save_previews(out[: self.MAX_PREVIEW], "dh_face")}, "result": (uint8_to_image(out),)}
 
 
 NODE_CLASS_MAPPINGS = {

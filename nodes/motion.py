@@ -12,13 +12,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..engine.liveportrait.animate import Animation, animate, animation_stream, prepare_source
+from ..engine.liveportrait.animate import Animation, animate, animation_stream
 from ..engine.liveportrait.video_source import animate_video
 from ..engine.media.stream import FrameStream
-from ..engine.liveportrait.edit import SLIDER_RANGES, Expression, edit_portrait, load_preset, save_preset
+from ..engine.liveportrait.edit import (RATIO_RANGES, SAMPLE_PARTS, SLIDER_RANGES, Expression, edit_image, load_preset,
+                                        save_preset)
 from ..engine.liveportrait.options import ANIMATION_REGIONS, DRIVING_OPTIONS, AnimateOptions
 from ..model_loaders.comfy_wrap import PRECISIONS
-from .common import CAT_MOTION, VIDEO_STREAM, Progress, check_interrupt, image_to_uint8, uint8_to_image
+from .common import (CAT_MOTION, VIDEO_STREAM, Progress, check_interrupt, image_to_uint8, save_previews,
+                     uint8_to_image)
 
 log = logging.getLogger("DigitalHuman")
 LIVEPORTRAIT = "DH_LIVEPORTRAIT"
@@ -31,10 +33,10 @@ def _face_ops(device: torch.device | str = "cpu", det_thresh: float = 0.0):
     return EngineFaceOps(device=str(device), det_thresh=det_thresh)
 
 
-def _one_portrait(images: torch.Tensor) -> np.ndarray:
+def _one_portrait(images: torch.Tensor, where: str = "portrait") -> np.ndarray:
     frames = image_to_uint8(images)
     if len(frames) != 1:
-        raise ValueError(f"portrait: expected one image, got a batch of {len(frames)} (this node edits one still "
+        raise ValueError(f"{where}: expected one image, got a batch of {len(frames)} (this node edits one still "
                          "portrait; to edit several, run it once per image)")
     return frames[0]
 
@@ -208,12 +210,13 @@ def _face_masks(anim, count: int) -> torch.Tensor:
     return torch.stack([torch.from_numpy(anim.face_mask(i)) for i in range(count)])
 
 
-def _render_edits(liveportrait, portrait, expressions, stitching: bool, options: AnimateOptions):
+def _render_edits(liveportrait, portrait, expressions, stitching: bool, options: AnimateOptions,
+                  sample_image: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 (edited portraits, 512 crops)."""
+    sample = _one_portrait(sample_image, "sample_image") if sample_image is not None else None
     nets = liveportrait.acquire()
     face = _face_ops(nets.device, options.det_thresh)
-    src = prepare_source(nets, _one_portrait(portrait), face, options)
-    frames, crops = edit_portrait(nets, src, expressions, face, stitching)
-    return uint8_to_image(frames), uint8_to_image(crops)
+    return edit_image(nets, _one_portrait(portrait), expressions, face, options, stitching, sample)
 
 
 class LivePortraitRetarget:
@@ -239,7 +242,8 @@ class LivePortraitRetarget:
 
     def run(self, liveportrait, portrait, retarget_eyes, eyes_open, retarget_lips, lips_open, stitching):
         e = Expression(eyes_open=eyes_open if retarget_eyes else None, lips_open=lips_open if retarget_lips else None)
-        return _render_edits(liveportrait, portrait, [e], stitching, AnimateOptions())
+        frames, crops = _render_edits(liveportrait, portrait, [e], stitching, AnimateOptions())
+        return uint8_to_image(frames), uint8_to_image(crops)
 
 
 def preset_dir() -> Path:
@@ -266,15 +270,23 @@ def _preset_path(name: str) -> Path:
 
 class ExpressionEditor:
     DESCRIPTION = ("Edits the expression of a still portrait with sliders (smile, blink, wink, eyebrow, gaze, mouth "
-                   "shapes) and the head pose; with the pose sliders at 0 the head does not move. Expressions can be "
-                   "saved as presets (JSON in ComfyUI's user folder) and loaded again.")
+                   "shapes) and the head pose; with the pose sliders at 0 the head does not move (unlike "
+                   "AdvancedLivePortrait, wink and aaa do not turn the head). Connect a sample_image to copy its "
+                   "expression, mouth, eyes and/or head angles (sample_parts, sample_ratio); src_ratio fades the "
+                   "portrait's own expression towards neutral. Shows the edited face crop in the node. Expressions "
+                   "can be saved as presets (JSON in ComfyUI's user folder: the slider and ratio values, not the "
+                   "sample image) and loaded again.")
     CATEGORY = CAT_MOTION
     RETURN_TYPES = ("IMAGE", "IMAGE", "STRING")
     RETURN_NAMES = ("image", "face_crop", "expression")
-    OUTPUT_TOOLTIPS = ("The edited portrait.", "The 512x512 face crop.", "The expression used, as preset JSON.")
+    OUTPUT_TOOLTIPS = ("The edited portrait.", "The 512x512 face crop (also shown in the node).",
+                       "The expression used, as preset JSON.")
     FUNCTION = "run"
+    OUTPUT_NODE = True  # the preview shows even when nothing is connected, as in AdvancedLivePortrait
 
-    TIPS = {"smile": "Smile.", "wink": "Wink (one eye).", "blink": "Close (+) or widen (-) the eyes.",
+    TIPS = {"smile": "Smile.", "wink": "Wink (one eye).",
+            "blink": "Eyelids: negative closes the eyes (AdvancedLivePortrait offers -20..5 for this), positive "
+                     "opens them wider.",
             "eyebrow": "Raise (+) or lower (-) the eyebrows.", "pupil_x": "Gaze left/right.",
             "pupil_y": "Gaze up/down.", "pout": "Pout.", "woo": "Mouth shape 'woo' (pursed lips).",
             "eee": "Mouth shape 'eee' (grin).", "aaa": "Mouth shape 'aaa' (close <-> open).",
@@ -289,25 +301,47 @@ class ExpressionEditor:
         for name, (lo, hi) in SLIDER_RANGES.items():
             default = 1.0 if name == "mov_z" else 0.0
             sliders[name] = ("FLOAT", {"default": default, "min": lo, "max": hi, "step": 0.01, "tooltip": cls.TIPS[name]})
+
+        def ratio(name: str, default: float, tip: str) -> tuple:
+            lo, hi = RATIO_RANGES[name]
+            return ("FLOAT", {"default": default, "min": lo, "max": hi, "step": 0.01, "tooltip": tip})
         return {"required": {
             "liveportrait": (LIVEPORTRAIT, {"tooltip": "From Load LivePortrait."}),
             "portrait": ("IMAGE", {"tooltip": "The portrait to edit."}),
             **sliders,
             "preset": (["none"] + list_presets(), {"default": "none", "tooltip": "A saved expression; when set, its "
-                       "values are used instead of the sliders."}),
+                       "values (sliders and ratios) are used instead of the widgets; the sample image stays as "
+                       "connected."}),
             "save_as": ("STRING", {"default": "", "tooltip": "Save the expression used under this preset name "
-                        "(empty: do not save)."}),
+                        "(empty: do not save). A preset keeps the sliders and ratios, not the sample image."}),
+            # appended after the older widgets so that workflows saved before them keep their values
+            "src_ratio": ratio("src_ratio", 1.0, "Share of the portrait's own expression: 1 keeps it, 0 starts "
+                               "from a neutral face (the face's global offset is kept)."),
+            "sample_ratio": ratio("sample_ratio", 1.0, "Weight of what the sample image adds (0: nothing; above 1 "
+                                  "exaggerates, below 0 inverts). Used only with a sample_image."),
+            "sample_parts": (list(SAMPLE_PARTS), {"default": "expression", "tooltip": "What the sample image adds: "
+                             "its expression, its head angles, only its mouth or eyes, or all (expression and "
+                             "angles). Added to the portrait's own, as in AdvancedLivePortrait: lower src_ratio to "
+                             "replace the expression; the angles add to the portrait's, so a frontal portrait takes "
+                             "the sample's pose."}),
+        }, "optional": {
+            "sample_image": ("IMAGE", {"tooltip": "One image of a face whose expression, head angles, mouth or "
+                                       "eyes are added to the portrait (see sample_parts); its face is found and "
+                                       "cropped as the portrait's is."}),
         }}
 
-    def run(self, liveportrait, portrait, preset, save_as, **sliders):
+    def run(self, liveportrait, portrait, preset, save_as, src_ratio=1.0, sample_ratio=1.0,
+            sample_parts="expression", sample_image=None, **sliders):
         if preset != "none":
             expr = load_preset(_preset_path(preset))
         else:
-            expr = Expression(**sliders).validate()
+            expr = Expression(**sliders, src_ratio=src_ratio, sample_ratio=sample_ratio,
+                              sample_parts=sample_parts).validate()
         if save_as.strip():
             save_preset(expr, _preset_path(save_as.strip()))
-        image, crop = _render_edits(liveportrait, portrait, [expr], True, AnimateOptions())
-        return (image, crop, expr.to_json())
+        frames, crops = _render_edits(liveportrait, portrait, [expr], True, AnimateOptions(), sample_image)
+        return {"ui": {"images": save_previews(crops, "dh_expression")},
+                "result": (uint8_to_image(frames), uint8_to_image(crops), expr.to_json())}
 
 
 NODE_CLASS_MAPPINGS = {

@@ -71,21 +71,32 @@ class PreparedSource:
     mask_crop: np.ndarray | None = None  # the same mask in crop space [512,512]
 
 
-def prepare_source(nets: LivePortraitNets, image: np.ndarray, face: FaceOps, opts: AnimateOptions) -> PreparedSource:
-    """Crop and analyse the source; raises :class:`NoFaceError` before any network runs when there is no face."""
-    img = resize_to_limit(as_rgb_uint8(image, "source portrait"), opts.source_max_dim, opts.source_division)
+def crop_face(image: np.ndarray, face: FaceOps, opts: AnimateOptions, where: str = "source portrait"
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """The source crop step: (image after the size limit, 512 crop, ``M_c2o`` or None, landmarks or None).
+
+    Shared by the source portrait and an expression sample, so both faces are framed alike;
+    raises :class:`NoFaceError` naming ``where`` when cropping finds no face.
+    """
+    img = resize_to_limit(as_rgb_uint8(image, where), opts.source_max_dim, opts.source_division)
     if min(img.shape[:2]) < 16:
-        raise ValueError(f"source portrait is too small ({img.shape[1]}x{img.shape[0]} px)")
+        raise ValueError(f"{where} is too small ({img.shape[1]}x{img.shape[0]} px)")
     M_c2o = None
     if opts.do_crop:
         lmk = face.landmarks(img[None])[0]
         if lmk is None:
-            raise NoFaceError(f"no face found in the source portrait ({img.shape[1]}x{img.shape[0]} px)")
+            raise NoFaceError(f"no face found in the {where} ({img.shape[1]}x{img.shape[0]} px)")
         crop, M_o2c = face.crop(img, lmk, CROP_SIZE, opts.scale, opts.vx_ratio, opts.vy_ratio, opts.do_rot)
         M_c2o = np.linalg.inv(np.asarray(M_o2c, np.float64))
     else:
         crop = cv2.resize(img, (CROP_SIZE, CROP_SIZE))
         lmk = face.landmarks(crop[None])[0]
+    return img, crop, M_c2o, lmk
+
+
+def prepare_source(nets: LivePortraitNets, image: np.ndarray, face: FaceOps, opts: AnimateOptions) -> PreparedSource:
+    """Crop and analyse the source; raises :class:`NoFaceError` before any network runs when there is no face."""
+    img, crop, M_c2o, lmk = crop_face(image, face, opts)
     # ratios are distance ratios, unchanged by the similarity crop: measure them on the landmarks at hand
     eye = face.eye_ratio(lmk) if lmk is not None else np.zeros(2, np.float32)
     lip = face.lip_ratio(lmk) if lmk is not None else np.zeros(1, np.float32)

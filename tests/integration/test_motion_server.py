@@ -2,7 +2,10 @@
 weights) and loaded strictly inside the server, the shipped workflows run on the real media."""
 from __future__ import annotations
 
+import io
 import json
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -39,13 +42,28 @@ def test_expression_edit_workflow_changes_only_the_face(comfy, testdata):
     upload(comfy, testdata / "s0.jpg")
     prompt = json.loads((API / "expression_edit.json").read_text())
     result = run_prompt(comfy, prompt)
-    (item,) = [f for f in result.files if f["filename"].endswith(".png")]
+    pngs = [f for f in result.files if f["filename"].endswith(".png")]
+    (item,) = [f for f in pngs if f.get("type", "output") == "output"]
     out = np.asarray(Image.open(comfy.output_dir / item["subfolder"] / item["filename"]).convert("RGB")).astype(int)
     src = np.asarray(Image.open(testdata / "s0.jpg").convert("RGB")).astype(int)
     assert out.shape == src.shape
     diff = np.abs(out - src).sum(-1) > 0
     assert diff.any() and diff.mean() < 0.5  # something changed, and not the whole picture
     assert np.all(np.abs(out[-40:] - src[-40:]) == 0)  # the bottom rows (far from the face) are untouched
+    # the editor is an output node: its face-crop preview is served from the temp folder, as the frontend reads it
+    (preview,) = [f for f in pngs if f.get("type") == "temp"]
+    assert preview["node"] == "3"
+    query = urllib.parse.urlencode({k: preview[k] for k in ("filename", "subfolder", "type")})
+    with urllib.request.urlopen(f"{comfy.url}/view?{query}", timeout=60) as r:
+        assert Image.open(io.BytesIO(r.read())).size == (512, 512)
+    # a sample face (s6, found by the pack's face engine inside the server) lends its mouth
+    upload(comfy, testdata / "s6.jpg")
+    prompt["6"] = {"class_type": "LoadImage", "inputs": {"image": "s6.jpg"}}
+    prompt["3"]["inputs"].update(sample_image=["6", 0], sample_parts="mouth", smile=0.0, eyebrow=0.0)
+    (item,) = [f for f in run_prompt(comfy, prompt).files if f.get("type", "output") == "output"]
+    mouth = np.asarray(Image.open(comfy.output_dir / item["subfolder"] / item["filename"]).convert("RGB")).astype(int)
+    assert mouth.shape == src.shape and np.abs(mouth - src).sum(-1).astype(bool).any()
+    assert np.all(mouth[-40:] == src[-40:])
 
 
 def test_streamed_chain_load_animate_save(comfy, testdata):

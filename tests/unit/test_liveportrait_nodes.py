@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from comfyui_digitalhuman.engine.liveportrait import animate as A
+from comfyui_digitalhuman.engine.liveportrait import keypoints as K
 from comfyui_digitalhuman.engine.liveportrait.edit import (Expression, apply_sliders, edit_portrait, edited_keypoints,
-                                                           load_preset, save_preset)
+                                                           load_preset, mixed_expression, sample_keypoints, save_preset)
 from comfyui_digitalhuman.engine.liveportrait.options import AnimateOptions
 from comfyui_digitalhuman.model_loaders.liveportrait import synthetic_liveportrait
 from comfyui_digitalhuman.nodes import motion as M
@@ -28,6 +29,24 @@ def nets():
 @pytest.fixture(scope="module")
 def portrait(testdata: Path) -> np.ndarray:
     return cv2.cvtColor(cv2.imread(str(testdata / "s0.jpg")), cv2.COLOR_BGR2RGB)
+
+
+@pytest.fixture(scope="module")
+def sample_face(testdata: Path) -> np.ndarray:
+    """The expression sample: a different real face (s6)."""
+    return cv2.cvtColor(cv2.imread(str(testdata / "s6.jpg")), cv2.COLOR_BGR2RGB)
+
+
+@pytest.fixture(scope="module")
+def edit_src(nets, portrait):
+    return A.prepare_source(nets, portrait, StandInFace(), AnimateOptions())
+
+
+@pytest.fixture(scope="module")
+def sample(nets, sample_face):
+    info = sample_keypoints(nets, sample_face, StandInFace())
+    assert info.exp.abs().min() > 0 and min(abs(float(a)) for a in (info.pitch, info.yaw, info.roll)) > 1
+    return info
 
 
 @pytest.fixture
@@ -157,20 +176,137 @@ def test_animate_node_streams_a_source_video(nets, portrait, testdata, comfy_stu
     np.testing.assert_array_equal(stream.read_all(), (eager.numpy() * 255 + 0.5).astype(np.uint8))
 
 
-def test_expression_editor_node_saves_and_loads_presets(nets, portrait, comfy_stubs) -> None:
+def test_expression_editor_node_previews_saves_and_loads_presets(nets, portrait, sample_face, comfy_stubs, comfy_env,
+                                                                 monkeypatch) -> None:
     node = M.ExpressionEditor()
-    sliders = {k: v[1]["default"] for k, v in M.ExpressionEditor.INPUT_TYPES()["required"].items()
-               if k not in ("liveportrait", "portrait", "preset", "save_as")}
-    sliders["smile"] = 0.7
+    assert node.OUTPUT_NODE is True
+    spec = M.ExpressionEditor.INPUT_TYPES()
+    # the new widgets come after the older ones (saved workflows keep their positional widget values)
+    assert list(spec["required"])[-5:] == ["preset", "save_as", "src_ratio", "sample_ratio", "sample_parts"]
+    assert spec["required"]["sample_ratio"][1]["min"] == -0.2 and spec["required"]["sample_ratio"][1]["max"] == 1.2
+    assert list(spec["optional"]) == ["sample_image"]
+    widgets = {k: v[1]["default"] for k, v in spec["required"].items()
+               if k not in ("liveportrait", "portrait", "preset", "save_as", "sample_parts")}
+    widgets.update(smile=0.7, src_ratio=0.5, sample_parts="mouth")
+    samples_seen: list = []
+    real_edit = M.edit_image
+    monkeypatch.setattr(M, "edit_image", lambda *a, **k: samples_seen.append(a[6]) or real_edit(*a, **k))
     img = torch.from_numpy(portrait[None]).float() / 255
-    image, crop, text = node.run(FakeModel(nets), img, "none", "happy", **sliders)
+    smp = torch.from_numpy(sample_face[None]).float() / 255
+    out = node.run(FakeModel(nets), img, "none", "happy", sample_image=smp, **widgets)
+    image, crop, text = out["result"]
     assert image.shape == img.shape and crop.shape == (1, 512, 512, 3)
+    np.testing.assert_array_equal(samples_seen[-1], sample_face)  # the sample reached the engine unchanged
+    # the preview: one PNG in ComfyUI's temp folder, read back equal to the face_crop output
+    (entry,) = out["ui"]["images"]
+    assert entry["type"] == "temp" and entry["subfolder"] == ""
+    path = comfy_env.dirs["temp"] / entry["filename"]
+    assert path.is_file()
+    shown = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+    np.testing.assert_array_equal(shown, (crop[0].numpy() * 255 + 0.5).astype(np.uint8))
     assert M.list_presets() == ["happy"]
-    assert Expression.from_json(text).smile == 0.7
-    image2, _, text2 = node.run(FakeModel(nets), img, "happy", "", **{**sliders, "smile": 0.0})
-    assert text2 == text and torch.equal(image2, image)
+    saved = Expression.from_json(text)
+    assert (saved.smile, saved.src_ratio, saved.sample_ratio, saved.sample_parts) == (0.7, 0.5, 1.0, "mouth")
+    # the preset brings its sliders and ratios back (the widgets are ignored), with the same sample connected
+    out2 = node.run(FakeModel(nets), img, "happy", "", sample_image=smp,
+                    **{**widgets, "smile": 0.0, "src_ratio": 1.0, "sample_parts": "all"})
+    assert out2["result"][2] == text and torch.equal(out2["result"][0], image)
     with pytest.raises(ValueError, match="preset name"):
-        node.run(FakeModel(nets), img, "none", "../evil", **sliders)
+        node.run(FakeModel(nets), img, "none", "../evil", **widgets)
+    with pytest.raises(ValueError, match="sample_image: expected one image, got a batch of 2"):
+        node.run(FakeModel(nets), img, "none", "", sample_image=smp.expand(2, -1, -1, -1), **widgets)
+
+
+def test_sample_without_a_face_is_an_error_before_the_portrait_is_rendered(nets, portrait, testdata, comfy_env,
+                                                                           monkeypatch) -> None:
+    """The real face engine, as in ComfyUI: the diagram has no face, so the sample is refused by name."""
+    no_face = cv2.cvtColor(cv2.imread(str(testdata / "no_face.jpg")), cv2.COLOR_BGR2RGB)
+    features: list = []
+    monkeypatch.setattr(nets, "appearance_feature", lambda x: features.append(x))
+    widgets = {k: v[1]["default"] for k, v in M.ExpressionEditor.INPUT_TYPES()["required"].items()
+               if k not in ("liveportrait", "portrait", "preset", "save_as")}
+    with pytest.raises(A.NoFaceError, match=r"no face found in the sample_image \(\d+x\d+ px\)"):
+        M.ExpressionEditor().run(FakeModel(nets), torch.from_numpy(portrait[None]).float() / 255, "none", "",
+                                 sample_image=torch.from_numpy(no_face[None]).float() / 255, **widgets)
+    assert features == []
+
+
+def _diff_rows(a: torch.Tensor, b: torch.Tensor) -> set[int]:
+    return {int(k) for k in torch.nonzero((a - b)[0].abs().amax(-1) > 0).flatten()}
+
+
+def test_sample_parts_mouth_and_eyes_change_only_their_keypoints(nets, edit_src, sample) -> None:
+    s = edit_src.motion.info
+    neutral = edited_keypoints(edit_src, Expression(), nets.retarget, stitching=False)
+    for part, rows in (("mouth", (14, 17, 19, 20)), ("eyes", (1, 2, 11, 13, 15, 16))):  # AdvancedLivePortrait's sets
+        x = edited_keypoints(edit_src, Expression(sample_parts=part, sample_ratio=0.7), nets.retarget,
+                             stitching=False, sample=sample)
+        assert _diff_rows(x, neutral) == set(rows), part
+        # independent: the pose is the source's, so the keypoints move by scale * ratio * sample coefficients
+        expected = torch.zeros_like(neutral)
+        expected[0, list(rows)] = s.scale[0, 0] * 0.7 * sample.exp[0, list(rows)]
+        torch.testing.assert_close(x - neutral, expected, atol=1e-5, rtol=0)
+    # "expression": every coefficient of the sample, but keypoint 5's x/y (the global offset) zeroed
+    x = edited_keypoints(edit_src, Expression(sample_parts="expression", sample_ratio=1.2), nets.retarget,
+                         stitching=False, sample=sample)
+    expected = s.scale[0, 0] * 1.2 * sample.exp.clone()
+    expected[0, 5, :2] = 0
+    torch.testing.assert_close(x - neutral, expected, atol=1e-5, rtol=0)
+
+
+def test_sample_rotation_turns_the_head_and_keeps_the_expression(nets, edit_src, sample) -> None:
+    s = edit_src.motion.info
+    e = Expression(sample_parts="rotation", sample_ratio=0.5, head_yaw=3.0)
+    exp, (pitch, yaw, roll) = mixed_expression(s, e, sample)
+    assert torch.equal(exp, s.exp)
+    torch.testing.assert_close(yaw, s.yaw + 3.0 + 0.5 * sample.yaw)
+    x = edited_keypoints(edit_src, e, nets.retarget, stitching=False, sample=sample)
+    r = K.rotation_matrix(s.pitch + 0.5 * sample.pitch, s.yaw + 3.0 + 0.5 * sample.yaw, s.roll + 0.5 * sample.roll)
+    expected = s.scale[..., None] * (s.kp @ r + s.exp) + s.t[:, None, :]
+    torch.testing.assert_close(x, expected, atol=1e-5, rtol=0)
+    neutral = edited_keypoints(edit_src, Expression(), nets.retarget, stitching=False)
+    assert (x - neutral).abs().max() > 1e-2
+    # "all" is the expression and the rotation together
+    x_all = edited_keypoints(edit_src, Expression(sample_parts="all", sample_ratio=0.5), nets.retarget,
+                             stitching=False, sample=sample)
+    added = sample.exp.clone()
+    added[0, 5, :2] = 0
+    r = K.rotation_matrix(s.pitch + 0.5 * sample.pitch, s.yaw + 0.5 * sample.yaw, s.roll + 0.5 * sample.roll)
+    torch.testing.assert_close(x_all, s.scale[..., None] * (s.kp @ r + s.exp + 0.5 * added) + s.t[:, None, :],
+                               atol=1e-5, rtol=0)
+
+
+def test_sample_ratio_zero_is_no_sample(nets, edit_src, sample) -> None:
+    plain = edited_keypoints(edit_src, Expression(smile=0.4, src_ratio=0.3), nets.retarget, sample=None)
+    for part in ("expression", "rotation", "mouth", "eyes", "all"):
+        e = Expression(smile=0.4, src_ratio=0.3, sample_ratio=0.0, sample_parts=part)
+        assert torch.equal(edited_keypoints(edit_src, e, nets.retarget, sample=sample), plain), part
+
+
+def test_src_ratio_scales_the_source_expression_but_keeps_keypoint_5(nets, edit_src) -> None:
+    s = edit_src.motion.info
+    exp, angles = mixed_expression(s, Expression(src_ratio=0.0))
+    assert torch.equal(exp[0, 5], s.exp[0, 5]) and s.exp[0, 5].abs().min() > 0
+    rest = [k for k in range(21) if k != 5]
+    assert torch.count_nonzero(exp[0, rest]) == 0
+    assert all(torch.equal(a, b) for a, b in zip(angles, (s.pitch, s.yaw, s.roll)))
+    # the driven keypoints: the canonical ones in the source pose plus only keypoint 5's offset
+    x = edited_keypoints(edit_src, Expression(src_ratio=0.0), nets.retarget, stitching=False)
+    torch.testing.assert_close(x, s.scale[..., None] * (s.kp @ s.rotation + exp) + s.t[:, None, :], atol=1e-5, rtol=0)
+    half, _ = mixed_expression(s, Expression(src_ratio=0.5))
+    torch.testing.assert_close(half[0, rest], 0.5 * s.exp[0, rest])
+
+
+def test_blink_sign_and_no_head_coupling(nets, edit_src) -> None:
+    """Negative blink closes the eyes: in the crop y grows downwards, and the upper lid points (11, 15) move
+    down while the lower ones (13, 16) move up. Wink and aaa change expression coefficients only (no head turn,
+    unlike AdvancedLivePortrait)."""
+    neutral = edited_keypoints(edit_src, Expression(), nets.retarget, stitching=False)
+    d = (edited_keypoints(edit_src, Expression(blink=-10.0), nets.retarget, stitching=False) - neutral)[0]
+    assert d[11, 1] > 0 and d[15, 1] > 0 and d[13, 1] < 0 and d[16, 1] < 0
+    assert _diff_rows(d[None], torch.zeros_like(neutral)) == {11, 13, 15, 16}
+    x = edited_keypoints(edit_src, Expression(wink=20.0, aaa=60.0), nets.retarget, stitching=False)
+    assert _diff_rows(x, neutral) == {3, 11, 13, 17, 19}
 
 
 def test_expression_sliders_move_only_their_coefficients(nets, portrait) -> None:
@@ -214,3 +350,21 @@ def test_presets_roundtrip_and_errors(tmp_path: Path) -> None:
         Expression(smile=2.0).validate()
     with pytest.raises(FileNotFoundError):
         load_preset(tmp_path / "none.json")
+    with pytest.raises(ValueError, match="'sample_parts' = 'nose'"):
+        Expression(sample_parts="nose").validate()
+    with pytest.raises(ValueError, match="'sample_ratio' = 1.5 is outside"):
+        Expression(sample_ratio=1.5).validate()
+
+
+def test_old_presets_without_the_sample_fields_load_with_defaults(tmp_path: Path) -> None:
+    old = tmp_path / "old.json"  # a preset as saved before src_ratio/sample_ratio/sample_parts existed
+    old.write_text('{"smile": 0.5, "wink": 0.0, "blink": -3.0, "eyebrow": 0.0, "pupil_x": 0.0, "pupil_y": 0.0, '
+                   '"pout": 0.0, "woo": 0.0, "eee": 0.0, "aaa": 10.0, "head_pitch": 0.0, "head_yaw": 2.0, '
+                   '"head_roll": 0.0, "mov_x": 0.0, "mov_y": 0.0, "mov_z": 1.0, "eyes_open": null, "lips_open": null}')
+    e = load_preset(old)
+    assert (e.smile, e.blink, e.aaa, e.head_yaw) == (0.5, -3.0, 10.0, 2.0)
+    assert (e.src_ratio, e.sample_ratio, e.sample_parts) == (1.0, 1.0, "expression")
+    # saved again, the new fields are part of the JSON
+    again = load_preset(save_preset(Expression(src_ratio=0.2, sample_ratio=-0.1, sample_parts="eyes"),
+                                    tmp_path / "new.json"))
+    assert (again.src_ratio, again.sample_ratio, again.sample_parts) == (0.2, -0.1, "eyes")
