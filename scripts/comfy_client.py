@@ -117,13 +117,22 @@ class ComfyClient:
             async with session.ws_connect(f"{self.url}/ws?clientId={self.client_id}", heartbeat=30) as ws:
                 prompt_id = await self.queue(session, prompt)
                 await self._follow(ws, prompt_id, on_event, t0 + self.timeout)
-            history = await self.get_json(session, f"/history/{prompt_id}")
-        entry = history.get(prompt_id, {})
+            entry = await self._history_entry(session, prompt_id)
         status = entry.get("status") or {}
         if status.get("status_str") == "error":
             raise ExecutionFailed(_error_from_status(status))
         outputs = entry.get("outputs", {})
         return RunResult(prompt_id, outputs, output_files(outputs), loop.time() - t0)
+
+    async def _history_entry(self, session: aiohttp.ClientSession, prompt_id: str, wait_s: float = 15.0) -> dict:
+        """The prompt's history entry. Today's ComfyUI announces ``execution_success`` before it
+        records the history, so an entry not there yet is asked for again for a few seconds."""
+        deadline = asyncio.get_running_loop().time() + wait_s
+        while True:
+            entry = (await self.get_json(session, f"/history/{prompt_id}")).get(prompt_id)
+            if entry or asyncio.get_running_loop().time() > deadline:
+                return entry or {}
+            await asyncio.sleep(0.1)
 
     async def _follow(self, ws, prompt_id: str, on_event, deadline: float) -> None:
         loop = asyncio.get_running_loop()
