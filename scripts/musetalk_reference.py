@@ -30,7 +30,6 @@ import contextlib
 import functools
 import importlib.util
 import json
-import math
 import os
 import pickle
 import shutil
@@ -47,6 +46,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
+import _pack  # noqa: F401  (registers comfyui_digitalhuman; scripts/ is on sys.path)
 from comfyui_digitalhuman.engine.musetalk import audio as A
 from comfyui_digitalhuman.engine.musetalk import blend as B
 from comfyui_digitalhuman.engine.musetalk import networks as N
@@ -161,13 +161,18 @@ def _mmapped_unet_load(unet_module: types.ModuleType):
         unet_module.UNet2DConditionModel, torch.load = real_cls, real_load
 
 
+def _reference_script(ref_dir: Path) -> Path:
+    script = ref_dir / "scripts" / "realtime_inference.py"
+    if not script.is_file():
+        raise SystemExit(f"--reference {ref_dir}: not a MuseTalk checkout (scripts/realtime_inference.py missing)")
+    return script
+
+
 def load_reference(ref_dir: Path, files: dict[str, Path], batch: int) -> types.ModuleType:
     """The reference's ``scripts/realtime_inference.py`` as a module, with the globals its ``Avatar`` reads
     set as its ``__main__`` block would (fp32 instead of its fp16 cast, CPU)."""
     ref_dir = ref_dir.resolve()
-    script = ref_dir / "scripts" / "realtime_inference.py"
-    if not script.is_file():
-        raise SystemExit(f"--reference {ref_dir}: not a MuseTalk checkout ({script.relative_to(ref_dir)} missing)")
+    script = _reference_script(ref_dir)
     sys.path.insert(0, str(ref_dir))
     _stand_in("omegaconf", OmegaConf=None)
     _stand_in("musetalk.utils.preprocessing", get_landmark_and_bbox=_no_preparation, read_imgs=_read_imgs)
@@ -344,6 +349,7 @@ def compare(ref_dir: Path, frames: np.ndarray, box: tuple[int, int, int, int], a
     if n_frames % batch:
         # the reference's datagen moves a partial last batch to "cuda:0", which fails on a CPU-only machine
         raise SystemExit(f"--frames ({n_frames}) must be a multiple of --batch ({batch}) with --reference")
+    _reference_script(ref_dir)
     work = Path(tempfile.mkdtemp(prefix="musetalk-vs-ref-"))
     cwd = os.getcwd()
     try:
