@@ -9,6 +9,12 @@ real-time speak() loop end to end (frames/s and time to the first frame); peak m
     python scripts/bench_musetalk.py --size full --full-only vae,whisper,parser   # UNet tiny, the rest full
     python scripts/bench_musetalk.py --size full --device cuda --dtype fp16 --batch 16 --frames 200
     python scripts/bench_musetalk.py --size tiny --stream-seconds 600   # 10 min speech -> MP4 via the lazy stream
+    python scripts/bench_musetalk.py --size full --reference /path/to/MuseTalk   # against the reference, same machine
+
+With ``--reference DIR`` (a checkout of TMElyralab/MuseTalk, imported at run time only) it instead
+times the real-time path of both implementations on the same random weights, avatar and audio
+(see musetalk_reference.py) and prints one JSON row: ms per output frame per stage and side, and
+the ratio reference / ours.
 """
 from __future__ import annotations
 
@@ -32,6 +38,7 @@ from comfyui_digitalhuman.engine.musetalk.random_models import random_models  # 
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 TESTDATA = Path(__file__).resolve().parents[2] / "shared" / "testdata"
+YONGEN_BOX = (250, 380, 470, 640)  # the face of yongen.mp4 (704x1216)
 
 
 def _sync(device: torch.device) -> None:
@@ -123,6 +130,18 @@ def _stream_to_mp4(models: P.MuseTalkModels, cache: P.AvatarCache, wav: np.ndarr
             "all_frames_uint8_mb": round(frame_mb * info.frame_count, 1)}
 
 
+def _compare_with_reference(args: argparse.Namespace) -> None:
+    """``--reference``: the side-by-side run of musetalk_reference.py, one JSON row on stdout."""
+    if args.device != "cpu" or args.dtype != "fp32":
+        raise SystemExit("--reference compares fp32 on the CPU: pass --device cpu --dtype fp32")
+    import musetalk_reference as R
+
+    row = R.compare(args.reference, _frames(args.video_frames, args.video), YONGEN_BOX,
+                    args.audio or TESTDATA / "yongen.wav", args.frames, args.batch, tiny=args.size == "tiny",
+                    rounds=args.rounds, weights_dir=args.reference_weights, log=_log)
+    print(json.dumps(row))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", choices=["tiny", "full"], default="tiny")
@@ -139,11 +158,22 @@ def main() -> None:
                     help="also run speech of this length -> MP4 through the lazy stream (peak RSS growth)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     ap.add_argument("--video", type=Path, default=TESTDATA / "yongen.mp4")
-    ap.add_argument("--audio", type=Path, default=TESTDATA / "eng.wav")
+    ap.add_argument("--audio", type=Path, default=None,
+                    help="speech (default eng.wav; yongen.wav with --reference, the first --frames/25 s of it)")
+    ap.add_argument("--reference", type=Path, default=None, metavar="DIR",
+                    help="a TMElyralab/MuseTalk checkout: compare its real-time path with ours (fp32, CPU)")
+    ap.add_argument("--reference-weights", type=Path, default=None, metavar="DIR",
+                    help="with --reference: folder for the random published-layout files (kept, reused on the "
+                    "next run); default a temporary folder")
+    ap.add_argument("--rounds", type=int, default=2, help="with --reference: timed rounds per side, alternating")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    if args.reference is not None:
+        _compare_with_reference(args)
+        return
+    args.audio = args.audio or TESTDATA / "eng.wav"
 
     models, t_build = _timed(lambda: random_models(tiny=args.size == "tiny", seed=0, dtype=dtype), device) \
         if not args.full_only else _timed(lambda: _mixed_models(args.full_only.split(","), dtype), device)
@@ -154,7 +184,7 @@ def main() -> None:
     models.parser.to(device)
 
     frames = _frames(args.video_frames, args.video)
-    box = (250, 380, 470, 640)  # the face of yongen.mp4 (704x1216)
+    box = YONGEN_BOX
     cache, t_prep = _timed(lambda: P.prepare_avatar(models, frames, [box] * len(frames), batch_size=args.batch), device)
     _log(f"prepared {len(frames)} frames in {t_prep:.1f} s")
 

@@ -131,19 +131,25 @@ TINY_WHISPER_CONFIG: dict[str, Any] = {**WHISPER_TINY_CONFIG, "encoder_ffn_dim":
                                        "decoder_layers": 1}
 
 
+def fill_random_(name: str, t: torch.Tensor, generator: torch.Generator, scale: float = 0.05) -> None:
+    """Overwrite one tensor (named as in a state dict) by ``randomize_``'s rule; integer tensors are left
+    alone. Separate so a file-backed tensor can be filled without building the whole network."""
+    if not t.is_floating_point():
+        return
+    with torch.no_grad():
+        if name.endswith("running_var"):
+            t.copy_(torch.rand(t.shape, generator=generator) * 0.5 + 0.75)
+        elif name.endswith(("norm.weight", "bn.weight", "norm1.weight", "norm2.weight", "norm3.weight",
+                            "layer_norm.weight", "group_norm.weight", "norm_out.weight")) or ".bn" in name and name.endswith("weight"):
+            t.copy_(1.0 + torch.randn(t.shape, generator=generator) * 0.1)
+        else:
+            t.copy_(torch.randn(t.shape, generator=generator) * scale)
+
+
 def randomize_(module: torch.nn.Module, seed: int = 0, scale: float = 0.05) -> torch.nn.Module:
     """Fill every parameter and float buffer with seeded random values (BatchNorm variances kept positive),
     so tests exercise real arithmetic instead of default initialisations."""
     g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, t in list(module.named_parameters()) + list(module.named_buffers()):
-            if not t.is_floating_point():
-                continue
-            if name.endswith("running_var"):
-                t.copy_(torch.rand(t.shape, generator=g) * 0.5 + 0.75)
-            elif name.endswith(("norm.weight", "bn.weight", "norm1.weight", "norm2.weight", "norm3.weight",
-                                "layer_norm.weight", "group_norm.weight", "norm_out.weight")) or ".bn" in name and name.endswith("weight"):
-                t.copy_(1.0 + torch.randn(t.shape, generator=g) * 0.1)
-            else:
-                t.copy_(torch.randn(t.shape, generator=g) * scale)
+    for name, t in list(module.named_parameters()) + list(module.named_buffers()):
+        fill_random_(name, t, g, scale)
     return module
