@@ -104,7 +104,10 @@ def test_core_load_audio_feeds_lip_sync(comfy, object_info, testdata):
     prompt["2"]["inputs"]["audio"] = stereo.name
     prompt["1"]["inputs"]["frame_load_cap"] = 6
     prompt["5"]["inputs"]["preset"] = "ultrafast"
-    result = run_prompt(comfy, prompt)
+    try:
+        result = run_prompt(comfy, prompt)
+    finally:
+        stereo.unlink()  # the input folder's file list is part of other tests' expected node schemas
     (item,) = [f for f in result.files if f["filename"].endswith(".mp4")]
     out = media_facts(comfy.output_dir / item["subfolder"] / item["filename"])
     assert out["frames"] == 75  # floor(3.0 s x 25 fps)
