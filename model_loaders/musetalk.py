@@ -139,8 +139,8 @@ def load_musetalk(unet: str | Path, unet_config: str | Path | dict | None, vae: 
     device = torch.device(device)
     parser_dtype = torch.float32
     return MuseTalkModels(
-        unet=load_unet(unet, unet_config).to(device=device, dtype=dtype),
-        vae=load_vae(vae, vae_config).to(device=device, dtype=dtype),
+        unet=networks.cast(load_unet(unet, unet_config), device, dtype),
+        vae=networks.cast(load_vae(vae, vae_config), device, dtype),
         whisper=load_whisper_encoder(whisper, whisper_config).to(device=device, dtype=dtype),
         parser=load_face_parser(face_parser).to(device=device, dtype=parser_dtype),
     )

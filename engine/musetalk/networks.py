@@ -89,6 +89,13 @@ def build_whisper_encoder(config: dict[str, Any] | None = None):
     return WhisperEncoder(wcfg).eval()
 
 
+def cast(module: torch.nn.Module, device: torch.device | str | None = None,
+         dtype: torch.dtype | None = None) -> torch.nn.Module:
+    """``module.to(device, dtype)`` through torch's own method: diffusers' override warns about modules
+    to keep in float32 on every cast, even when (as for MuseTalk's UNet and VAE) there are none."""
+    return torch.nn.Module.to(module, device=device, dtype=dtype)
+
+
 def positional_encoding(seq_len: int, d_model: int = 384, dtype: torch.dtype = torch.float32,
                         device: torch.device | str = "cpu") -> torch.Tensor:
     """The fixed sine/cosine table ``[seq_len, d_model]`` MuseTalk adds to the audio tokens.

@@ -31,5 +31,5 @@ def random_models(tiny: bool = True, seed: int = 0, dtype: torch.dtype = torch.f
             w = parser.conv_out.conv_out.weight
             w.zero_()
             w[SKIN] = 1.0 / w.shape[1]  # ReLU features are >= 0: the skin logit wins wherever any is > 0
-    return MuseTalkModels(unet=unet.to(dtype), vae=vae.to(dtype), whisper=whisper.to(dtype),
+    return MuseTalkModels(unet=nets.cast(unet, dtype=dtype), vae=nets.cast(vae, dtype=dtype), whisper=whisper.to(dtype),
                           parser=parser.requires_grad_(False))
