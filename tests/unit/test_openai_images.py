@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fakeopenai import FakeOpenAI, gen_color
+from fakeopenai import FakeOpenAI, fake_key, gen_color
 from comfyui_digitalhuman.providers import http as dh_http
 from comfyui_digitalhuman.providers.http import ApiError, RetryPolicy
 from comfyui_digitalhuman.providers.keys import MissingKeyError
 from comfyui_digitalhuman.providers.openai_images import OpenAIImages
 from comfyui_digitalhuman.providers.prices import image_cost
 
-KEY = "sk-test-0123456789abcdef"
+KEY = fake_key("test")
 FAST = RetryPolicy(max_tries=4, base_delay_s=0.01, max_delay_s=0.05, max_retry_after_s=0.3)
 
 
@@ -88,7 +88,7 @@ def test_unknown_model_shows_api_error(server):
 
 
 def test_wrong_key_401_message_is_redacted(server, caplog):
-    wrong = "sk-wrongwrongwrong987654321"
+    wrong = fake_key("wrongwrong")
     caplog.set_level(logging.DEBUG, logger="DigitalHuman")
     with pytest.raises(ApiError) as ei:
         client(server, key=wrong).generate("p", model="gpt-image-1")
@@ -192,8 +192,9 @@ def test_parse_retry_after_forms():
 
 
 def test_redact_patterns():
-    s = dh_http.redact('Authorization: Bearer abc.def-123456 key sk-proj-AAAAbbbbCCCC and "api_key": "zzzzyyyyxxxx"', ["secret-value"])
-    assert "abc.def-123456" not in s and "sk-proj-AAAAbbbbCCCC" not in s and "zzzzyyyyxxxx" not in s
+    s = dh_http.redact(f'Authorization: Bearer abc.def-123456 key {fake_key("proj")} and "api_key": "zzzzyyyyxxxx"',
+                       ["secret-value"])
+    assert "abc.def-123456" not in s and fake_key("proj") not in s and "zzzzyyyyxxxx" not in s
     assert dh_http.redact("my secret-value here", ["secret-value"]) == "my [REDACTED] here"
 
 
