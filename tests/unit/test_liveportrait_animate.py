@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import av
 import cv2
 import numpy as np
 import pytest
 import torch
 
 from comfyui_digitalhuman.engine.liveportrait import animate as A
+from media_frames import read_frames
 from comfyui_digitalhuman.engine.liveportrait import keypoints as K
 from comfyui_digitalhuman.engine.liveportrait.motion import drive_keypoints, prepare_source_motion
 from comfyui_digitalhuman.engine.liveportrait.networks import small_config
@@ -72,16 +72,6 @@ class StandInFace:
 
     def lip_ratio(self, lmk):
         return np.array([0.05 + lmk[2, 0] / 10], np.float32)
-
-
-def read_frames(path: Path, n: int) -> np.ndarray:
-    with av.open(str(path)) as c:
-        frames = []
-        for frame in c.decode(video=0):
-            frames.append(frame.to_ndarray(format="rgb24"))
-            if len(frames) == n:
-                break
-    return np.stack(frames)
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,8 @@ from comfyui_digitalhuman.nodes import motion as M
 from comfyui_digitalhuman.nodes.common import CAT_MOTION
 
 from comfyui_digitalhuman.engine.liveportrait.networks import small_config
-from test_liveportrait_animate import StandInFace, read_frames  # noqa: E402
+from media_frames import read_frames
+from test_liveportrait_animate import StandInFace  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,8 @@ from comfyui_digitalhuman.engine.liveportrait.options import AnimateOptions
 from comfyui_digitalhuman.engine.liveportrait.smoothing import kalman_smooth
 from comfyui_digitalhuman.model_loaders.liveportrait import synthetic_liveportrait
 
-from test_liveportrait_animate import StandInFace, read_frames  # noqa: E402
+from media_frames import read_frames
+from test_liveportrait_animate import StandInFace  # noqa: E402
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "liveportrait" / "kalman_reference.npz"
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 import math
 
 import av
-import cv2
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
 
 from comfyui_digitalhuman.engine.musetalk import audio as A
+from media_frames import read_frames
 from comfyui_digitalhuman.engine.musetalk import blend as B
 from comfyui_digitalhuman.engine.musetalk import pipeline as P
 from comfyui_digitalhuman.engine.musetalk.random_models import random_models
@@ -27,13 +27,7 @@ def models():
 
 @pytest.fixture(scope="module")
 def frames(testdata):
-    out = []
-    with av.open(str(testdata / "yongen.mp4")) as c:
-        for f in c.decode(video=0):
-            out.append(cv2.resize(f.to_ndarray(format="rgb24"), (352, 608), interpolation=cv2.INTER_AREA))
-            if len(out) == N_FRAMES:
-                break
-    return np.stack(out)
+    return read_frames(testdata / "yongen.mp4", N_FRAMES, (352, 608))
 
 
 @pytest.fixture(scope="module")
