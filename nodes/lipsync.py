@@ -53,17 +53,43 @@ def face_clip_ram_budget() -> int:
     return int(max(mb, 0.0) * 1024 * 1024)
 
 
-def _frames_of(images, video) -> tuple[np.ndarray, float | None]:
-    """uint8 frames from an IMAGE or a DH_VIDEO_STREAM (and the stream's fps). A long stream goes to
-    a temporary file in ComfyUI's temp folder rather than RAM (see ``FrameStream.read_all``)."""
+def _require_frames(images, video) -> None:
+    if images is None and video is None:
+        raise ValueError("connect either 'images' (IMAGE) or 'video' (DH_VIDEO_STREAM)")
+
+
+def _frames_of(images, video) -> np.ndarray:
+    """uint8 frames from an IMAGE or a DH_VIDEO_STREAM. A long stream goes to a temporary file in
+    ComfyUI's temp folder rather than RAM (see ``FrameStream.read_all``)."""
+    _require_frames(images, video)
     if video is not None:
         import folder_paths
 
-        return video.read_all(spill_dir=folder_paths.get_temp_directory(), ram_budget=face_clip_ram_budget()), \
-            float(video.fps)
-    if images is None:
-        raise ValueError("connect either 'images' (IMAGE) or 'video' (DH_VIDEO_STREAM)")
-    return image_to_uint8(images), None
+        return video.read_all(spill_dir=folder_paths.get_temp_directory(), ram_budget=face_clip_ram_budget())
+    return image_to_uint8(images)
+
+
+def _speech(audio: dict, fps: float) -> tuple[np.ndarray, int]:
+    """16 kHz mono samples (resampled once; the engine then sees 16 kHz mono) and the output frame
+    count. Too-short audio fails here, before any video is read or network run."""
+    from ..engine.musetalk.audio import to_mono_16k
+
+    wave, sr = comfy_to_audio(audio, "MuseTalk audio")
+    samples = to_mono_16k(wave, sr)
+    return samples, _out_frames(samples.size, fps)
+
+
+def _image_outputs(frames_iter, n_out: int, hw: tuple[int, int], audio: dict, fps: float) -> tuple:
+    """(IMAGE, audio, fps, stream) with every frame computed now (``output_images`` on)."""
+    image = _collect(frames_iter, n_out, hw)
+    return (image, audio, fps, FrameStream.from_images(image, fps))
+
+
+def _stream_outputs(musetalk: "MuseTalkHandle", cache: pipeline.AvatarCache, samples: np.ndarray, audio: dict,
+                    fps: float, batch_size: int) -> tuple:
+    """(first frame, audio, fps, lazy stream) (``output_images`` off)."""
+    return (_first_frame(musetalk, cache, samples, fps), audio, fps,
+            _speech_stream(musetalk, cache, samples, fps, batch_size))
 
 
 def _collect(frames_iter, n: int, hw: tuple[int, int]) -> torch.Tensor:
@@ -164,25 +190,22 @@ class DH_MuseTalkLipSync:
         }
 
     def run(self, musetalk, audio, fps, batch_size, bbox_shift, blend_mode, output_images=True, images=None, video=None):
-        frames, stream_fps = _frames_of(images, video)
-        fps = float(fps) if fps > 0 else (stream_fps or 25.0)
-        wave, sr = comfy_to_audio(audio, "MuseTalk audio")
-        models = musetalk.models()
-        from ..engine.musetalk.audio import SAMPLE_RATE, to_mono_16k
+        from ..engine.musetalk.audio import SAMPLE_RATE
 
-        samples = to_mono_16k(wave, sr)  # resampled once; the engine then sees 16 kHz mono
-        n_out = _out_frames(samples.size, fps)
+        _require_frames(images, video)
+        fps = float(fps) if fps > 0 else (float(video.fps) if video is not None else 25.0)
+        samples, n_out = _speech(audio, fps)
+        frames = _frames_of(images, video)
+        models = musetalk.models()
         boxes = faces.track_boxes(frames, bbox_shift, check_interrupt=check_interrupt)
         if output_images:
             bar = Progress(len(frames) + n_out)
             out = pipeline.lip_sync(models, frames, boxes, samples, SAMPLE_RATE, fps, batch_size, blend_mode,
                                     progress=bar, check_interrupt=check_interrupt)
-            image = _collect(out, n_out, frames.shape[1:3])
-            return (image, audio, fps, FrameStream.from_images(image, fps))
+            return _image_outputs(out, n_out, frames.shape[1:3], audio, fps)
         cache = pipeline.prepare_avatar(models, frames, boxes, blend_mode, batch_size=batch_size,
                                         progress=Progress(len(frames)), check_interrupt=check_interrupt)
-        return (_first_frame(musetalk, cache, samples, fps), audio, fps,
-                _speech_stream(musetalk, cache, samples, fps, batch_size))
+        return _stream_outputs(musetalk, cache, samples, audio, fps, batch_size)
 
 
 class DH_MuseTalkPrepareAvatar:
@@ -206,14 +229,15 @@ class DH_MuseTalkPrepareAvatar:
         }
 
     def prepare(self, musetalk, bbox_shift, blend_mode, save_name, images=None, video=None):
-        frames, _ = _frames_of(images, video)
+        save_dir = _avatar_dir(save_name) if save_name.strip() else None  # a bad name fails before the work
+        frames = _frames_of(images, video)
         models = musetalk.models()
         boxes = faces.track_boxes(frames, bbox_shift, check_interrupt=check_interrupt)
         cache = pipeline.prepare_avatar(models, frames, boxes, blend_mode, progress=Progress(len(frames)),
                                         check_interrupt=check_interrupt)
         cache.meta["bbox_shift"] = int(bbox_shift)
-        if save_name.strip():
-            cache.save(_avatar_dir(save_name))
+        if save_dir is not None:
+            cache.save(save_dir)
         return (cache,)
 
 
@@ -254,19 +278,15 @@ class DH_MuseTalkSpeak:
         }
 
     def speak(self, musetalk, avatar, audio, fps, batch_size, output_images=True):
-        from ..engine.musetalk.audio import SAMPLE_RATE, to_mono_16k
+        from ..engine.musetalk.audio import SAMPLE_RATE
 
-        wave, sr = comfy_to_audio(audio, "MuseTalk audio")
-        samples = to_mono_16k(wave, sr)
         fps = float(fps)
-        n_out = _out_frames(samples.size, fps)  # too-short audio fails here, not later in the consumer
+        samples, n_out = _speech(audio, fps)
         if not output_images:
-            return (_first_frame(musetalk, avatar, samples, fps), audio, fps,
-                    _speech_stream(musetalk, avatar, samples, fps, batch_size))
+            return _stream_outputs(musetalk, avatar, samples, audio, fps, batch_size)
         out = pipeline.speak(musetalk.models(), avatar, samples, SAMPLE_RATE, fps, batch_size, progress=Progress(n_out),
                              check_interrupt=check_interrupt)
-        image = _collect(out, n_out, avatar.frames.shape[1:3])
-        return (image, audio, fps, FrameStream.from_images(image, fps))
+        return _image_outputs(out, n_out, avatar.frames.shape[1:3], audio, fps)
 
 
 def _avatar_dir(name: str) -> Path:

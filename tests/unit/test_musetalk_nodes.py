@@ -1,14 +1,12 @@
 """MuseTalk nodes on the real ComfyUI modules and the real download code (tiny random weights from a fake hub)."""
 from __future__ import annotations
 
-import av
-import cv2
-import numpy as np
 import pytest
 import soundfile as sf
 import torch
 
 from fakehub import FakeHub, serve_model
+from media_frames import read_frames
 from tiny_models import musetalk_files
 
 BOX = (62, 95, 118, 165)  # on quarter-size yongen frames (176x304)
@@ -34,13 +32,7 @@ def musetalk_env(comfy_env, monkeypatch, tmp_path):
 
 @pytest.fixture(scope="module")
 def images(testdata):
-    out = []
-    with av.open(str(testdata / "yongen.mp4")) as c:
-        for f in c.decode(video=0):
-            out.append(cv2.resize(f.to_ndarray(format="rgb24"), (176, 304), interpolation=cv2.INTER_AREA))
-            if len(out) == 3:
-                break
-    return torch.from_numpy(np.stack(out)).float() / 255.0
+    return torch.from_numpy(read_frames(testdata / "yongen.mp4", 3, (176, 304))).float() / 255.0
 
 
 @pytest.fixture(scope="module")
@@ -95,13 +87,17 @@ def test_load_lipsync_prepare_speak(musetalk_env, images, audio):
 
 
 def test_lipsync_needs_frames_and_enough_audio(musetalk_env, images):
-    lipsync, _, _ = musetalk_env
+    lipsync, _, env = musetalk_env
     (handle,) = lipsync.DH_LoadMuseTalk().load("auto")
     short = {"waveform": torch.zeros(1, 1, 100), "sample_rate": 16000}
     with pytest.raises(ValueError, match="connect either 'images'"):
         lipsync.DH_MuseTalkLipSync().run(handle, short, 25.0, 4, 0, "jaw")
     with pytest.raises(ValueError, match="shorter than one video frame"):
         lipsync.DH_MuseTalkLipSync().run(handle, short, 25.0, 4, 0, "jaw", images=images)
+    before = len(env.progress)
+    with pytest.raises(ValueError, match="must be 1-64 letters"):
+        lipsync.DH_MuseTalkPrepareAvatar().prepare(handle, 0, "jaw", "../x", images=images)
+    assert len(env.progress) == before  # a bad avatar name is refused before any frame is prepared
 
 
 def test_lipsync_from_a_stream_spills_a_long_clip_to_disk(musetalk_env, images, audio, monkeypatch):
