@@ -18,7 +18,7 @@ from typing import Any
 CATALOG_DIR = Path(__file__).resolve().parent / "catalog"
 
 #: ComfyUI ``models/`` sub-folders the catalogue may place files in.
-FOLDERS: tuple[str, ...] = ("liveportrait", "musetalk", "vae", "audio_encoders", "face_analysis", "latentsync")
+FOLDERS: tuple[str, ...] = ("liveportrait", "musetalk", "vae", "audio_encoders", "face_analysis", "latentsync", "cosyvoice")
 
 #: Fields every entry must spell out (``local`` and ``pip`` are optional).
 REQUIRED_FIELDS: tuple[str, ...] = (
