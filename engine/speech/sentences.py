@@ -15,7 +15,8 @@ Rules (the punctuation sets and abbreviation lists live in ``data/speech.json``,
 - an ellipsis (``...``, ``…``, ``……``) ends a sentence unless a lowercase word follows it;
 - closing quotes and brackets right after the stop belong to the sentence (``他说：“好。”``);
 - a sentence with nothing to say (punctuation or emoji only) joins the sentence before it in its
-  paragraph, or is dropped when it is alone on its line.
+  paragraph (or the one after it when it opens the paragraph), and is dropped when it is alone on
+  its line.
 
 :func:`plan_pieces` packs sentences into pieces whose cost stays within one or more
 :class:`Budget` (characters, estimated tokens, ...). A sentence over a budget is cut at clause
