@@ -74,13 +74,18 @@ def _weights(text: str) -> np.ndarray:
     return np.concatenate([[0], np.cumsum([1 if speakable(c) else 0 for c in text])]).astype(np.float64)
 
 
-def _span_times(piece_text: str, x0: int, x1: int, t0: float, t1: float, chars: CharTimestamps | None) -> tuple[float, float]:
-    """Local times of ``piece_text[x0:x1]`` in a piece whose speech spans ``[t0, t1]``."""
+def _span_times(piece_text: str, x0: int, x1: int, t0: float, t1: float, chars: CharTimestamps | None,
+                w: np.ndarray) -> tuple[float, float]:
+    """Local times of ``piece_text[x0:x1]`` in a piece whose speech spans ``[t0, t1]`` (``w`` its
+    :func:`_weights`)."""
     if chars is not None and chars.text == piece_text and len(chars):
-        idx = [k for k in range(x0, x1) if not piece_text[k].isspace()] or list(range(x0, max(x1, x0 + 1)))
-        idx = [min(k, len(chars) - 1) for k in idx]
-        return chars.start_s[idx[0]], chars.end_s[idx[-1]]
-    w = _weights(piece_text)
+        a, b = x0, x1
+        while a < b - 1 and piece_text[a].isspace():
+            a += 1
+        while b > a + 1 and piece_text[b - 1].isspace():
+            b -= 1
+        a, b = min(a, len(chars) - 1), min(max(b - 1, a), len(chars) - 1)
+        return chars.start_s[a], chars.end_s[b]
     total = w[-1]
     if total <= 0:
         return t0, t1
@@ -123,10 +128,11 @@ def assemble(plan: Plan, audios: Sequence[PieceAudio], *, pauses: dict | None = 
             char_parts.append(audio.chars.shifted(offset, lo, hi))
         elif any_chars:
             log.info("[DigitalHuman] piece %d has no character timestamps; its sentences are timed by estimate", i)
+        w = _weights(piece.text)
         for si in piece.sentences:
             s = plan.sentences[si]
             x0, x1 = max(piece.start, s.start) - piece.start, min(piece.end, s.end) - piece.start
-            t_a, t_b = _span_times(piece.text, x0, x1, a / sr, b / sr, audio.chars)
+            t_a, t_b = _span_times(piece.text, x0, x1, a / sr, b / sr, audio.chars, w)
             t_a, t_b = min(max(t_a + offset, lo), hi), min(max(t_b + offset, lo), hi)
             cur = spans.setdefault(si, [t_a, t_b])
             cur[0], cur[1] = min(cur[0], t_a), max(cur[1], t_b)

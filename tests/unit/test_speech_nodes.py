@@ -181,3 +181,11 @@ def test_speech_nodes_are_registered_in_the_pack(comfy_env):
     assert "speech" not in pack_nodes.DISABLED
     assert pack_nodes.NODE_DISPLAY_NAME_MAPPINGS["DH_OpenAISpeech"] == "OpenAI Speech (DigitalHuman)"
     assert pack_nodes.NODE_DISPLAY_NAME_MAPPINGS["DH_ElevenLabsSpeech"] == "ElevenLabs Speech (DigitalHuman)"
+
+
+def test_empty_or_punctuation_only_text_is_a_clear_error_before_any_request(nodes, openai_server, el_server):
+    with pytest.raises(ValueError, match="text: nothing to speak"):
+        nodes.DH_OpenAISpeech().speak("  ...\n!!! ", "tts-1", "nova", "", 1.0, "pcm", "fill", 0)
+    with pytest.raises(ValueError, match="text: nothing to speak"):
+        nodes.DH_ElevenLabsSpeech().speak("", "JBFqnCBsd6RMkjVDRZzb", "eleven_multilingual_v2", "pcm_24000", True, "fill", 0)
+    assert openai_server.requests == [] and el_server.requests == []
