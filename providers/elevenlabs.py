@@ -37,7 +37,7 @@ from ..engine.speech.types import CharTimestamps, SpeechChunk, SpeechResult
 from .http import ApiError, HttpClient, RetryPolicy
 from .keys import get_api_key
 from .prices import SpeechPrice, elevenlabs_speech_cost
-from .speech_base import SpeechStream, iter_body, synthesize_plan
+from .speech_base import SpeechStream, guarded, iter_body, synthesize_plan
 
 log = logging.getLogger("DigitalHuman.elevenlabs")
 
@@ -104,6 +104,7 @@ class ElevenLabs(HttpClient):
         self._voices: list[dict] | None = None
 
     # -- voices --------------------------------------------------------------------------------
+    @guarded
     def list_voices(self, refresh: bool = False) -> list[dict]:
         """The account's voices (``GET /v1/voices``): dicts with voice_id, name, category, labels."""
         if self._voices is None or refresh:
@@ -114,6 +115,7 @@ class ElevenLabs(HttpClient):
             self._voices = [v for v in voices if isinstance(v, dict) and v.get("voice_id")]
         return list(self._voices)
 
+    @guarded
     def resolve_voice(self, voice: str) -> str:
         """A voice id as given (20 letters and digits), else the id of the voice with that name."""
         v = (voice or "").strip()
@@ -131,10 +133,12 @@ class ElevenLabs(HttpClient):
         raise ValueError(f"voice '{v}' is neither a voice id nor the name of one of your voices ({names})")
 
     # -- the request ---------------------------------------------------------------------------
+    @guarded
     def model_rules(self, model_id: str) -> dict:
         m = self.rules["models"]
         return m.get(model_id, m["default"])
 
+    @guarded
     def check_options(self, opts: ElevenLabsOptions) -> ElevenLabsOptions:
         if not (opts.model_id or "").strip():
             raise ValueError(f"model: give an ElevenLabs model id, e.g. {self.rules['default_model']}")
@@ -152,12 +156,15 @@ class ElevenLabs(HttpClient):
             raise ValueError(f"seed must be between 0 and 4294967295, got {opts.seed}")
         return opts
 
+    @guarded
     def plan(self, text: str, opts: ElevenLabsOptions, split: str = "fill") -> Plan:
         return plan_pieces(text, [char_budget(int(self.model_rules(opts.model_id)["max_chars"]))], split)
 
+    @guarded
     def path(self, voice_id: str, opts: ElevenLabsOptions, suffix: str = "") -> str:
         return f"v1/text-to-speech/{quote(voice_id, safe='')}{suffix}?" + urlencode({"output_format": opts.output_format})
 
+    @guarded
     def body(self, text: str, opts: ElevenLabsOptions, previous_request_ids: list[str] | None = None) -> dict:
         """The JSON body for one piece (only documented fields; unset options are not sent)."""
         body: dict = {"text": text, "model_id": opts.model_id}
@@ -177,6 +184,7 @@ class ElevenLabs(HttpClient):
         return decode_audio(data, kind, rate, where)
 
     # -- whole utterances ----------------------------------------------------------------------
+    @guarded
     def synthesize(self, text: str, opts: ElevenLabsOptions | None = None, *, split: str = "fill",
                    progress: Callable[[int, int], None] | None = None) -> SpeechResult:
         """Text of any length -> one :class:`SpeechResult`; with ``opts.timestamps`` the character
@@ -262,6 +270,7 @@ class ElevenLabs(HttpClient):
         return SpeechPrice(round(known + rest.usd, 9), "credits", True)
 
     # -- streaming -----------------------------------------------------------------------------
+    @guarded
     def stream(self, text: str, opts: ElevenLabsOptions | None = None, *, split: str = "fill",
                pauses: bool = True) -> SpeechStream:
         """Text -> :class:`SpeechStream` of float chunks from ``/stream`` as they arrive (needs a

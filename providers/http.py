@@ -123,6 +123,24 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, dt.timestamp() - (time.time() if now is None else now))
 
 
+def _detail_error(detail: Any) -> Any:
+    """``{"detail": {"status", "message"}}`` or ``{"detail": [{"loc", "msg", "type"}]}`` as an error dict."""
+    if isinstance(detail, dict):
+        return {"message": detail.get("message") or detail.get("msg") or json.dumps(detail)[:500],
+                "code": detail.get("status") or detail.get("code"), "type": detail.get("type")}
+    if isinstance(detail, list):
+        parts = []
+        for d in detail[:5]:
+            if isinstance(d, dict):
+                loc = ".".join(str(x) for x in d.get("loc", []) if x != "body")
+                parts.append(f"{loc}: {d.get('msg', '')}" if loc else str(d.get("msg", "")))
+            else:
+                parts.append(str(d))
+        return {"message": "; ".join(parts) or "invalid request", "code": None,
+                "type": (detail[0].get("type") if detail and isinstance(detail[0], dict) else None)}
+    return detail
+
+
 def error_message(resp: requests.Response) -> tuple[str, str | None, str | None]:
     """(message, type, code) from an error response: OpenAI's ``{"error": {...}}`` or similar bodies."""
     try:
@@ -142,24 +160,6 @@ def error_message(resp: requests.Response) -> tuple[str, str | None, str | None]
     return json.dumps(body)[:500], None, None
 
 
-def _detail_error(detail: Any) -> Any:
-    """``{"detail": {"status", "message"}}`` or ``{"detail": [{"loc", "msg", "type"}]}`` as an error dict."""
-    if isinstance(detail, dict):
-        return {"message": detail.get("message") or detail.get("msg") or json.dumps(detail)[:500],
-                "code": detail.get("status") or detail.get("code"), "type": detail.get("type")}
-    if isinstance(detail, list):
-        parts = []
-        for d in detail[:5]:
-            if isinstance(d, dict):
-                loc = ".".join(str(x) for x in d.get("loc", []) if x != "body")
-                parts.append(f"{loc}: {d.get('msg', '')}" if loc else str(d.get("msg", "")))
-            else:
-                parts.append(str(d))
-        return {"message": "; ".join(parts) or "invalid request", "code": None,
-                "type": (detail[0].get("type") if detail and isinstance(detail[0], dict) else None)}
-    return detail
-
-
 class HttpClient:
     """A requests session with the pack's timeouts, retries, interrupt polling and redaction.
 
@@ -171,8 +171,7 @@ class HttpClient:
     def __init__(self, base_url: str, *, headers: dict[str, str] | None = None, secrets: Iterable[str] = (),
                  connect_timeout_s: float = 10.0, read_timeout_s: float = 120.0,
                  retry: RetryPolicy | None = None, check_interrupt: Callable[[], None] | None = None,
-                 poll_s: float = 0.1, sleep: Callable[[float], None] = time.sleep, seed: int | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 poll_s: float = 0.1, sleep: Callable[[float], None] = time.sleep, seed: int | None = None):
         self.base_url = base_url.rstrip("/")
         self.session = requests.Session()
         self.session.headers.update(headers or {})
@@ -183,7 +182,6 @@ class HttpClient:
         self.check_interrupt = check_interrupt
         self.poll_s = poll_s
         self._sleep = sleep
-        self._clock = clock  # with ``sleep``, lets tests run the backoff on a fake clock
         self._rng = random.Random(seed)
 
     # -- redaction -------------------------------------------------------------------------
@@ -202,11 +200,11 @@ class HttpClient:
     # -- waiting ---------------------------------------------------------------------------
     def wait(self, seconds: float) -> None:
         """Sleep ``seconds`` in small steps, calling ``check_interrupt`` between them."""
-        end = self._clock() + max(0.0, seconds)
+        end = time.monotonic() + max(0.0, seconds)
         while True:
             if self.check_interrupt is not None:
                 self.check_interrupt()
-            left = end - self._clock()
+            left = end - time.monotonic()
             if left <= 0:
                 return
             self._sleep(min(self.poll_s, left))

@@ -32,7 +32,7 @@ from ..engine.speech.types import SpeechChunk, SpeechResult
 from .http import ApiError, HttpClient, RetryPolicy
 from .keys import get_api_key
 from .prices import openai_speech_cost
-from .speech_base import SpeechStream, iter_body, iter_sse, synthesize_plan
+from .speech_base import SpeechStream, guarded, iter_body, iter_sse, synthesize_plan
 
 log = logging.getLogger("DigitalHuman.openai_speech")
 
@@ -81,6 +81,7 @@ class OpenAISpeech(HttpClient):
         # an unlisted name: a gpt-* model behaves like gpt-4o-mini-tts, anything else like tts-1
         return m[self.rules["default_model"]] if model.startswith("gpt-") else m["tts-1"]
 
+    @guarded
     def check_options(self, opts: OpenAISpeechOptions) -> OpenAISpeechOptions:
         """Validated options (instructions dropped, with a warning, for a model that ignores them)."""
         model = (opts.model or "").strip()
@@ -101,6 +102,7 @@ class OpenAISpeech(HttpClient):
             instructions = ""
         return OpenAISpeechOptions(model, voice, fmt, float(opts.speed), instructions)
 
+    @guarded
     def budgets(self, model: str) -> list[Budget]:
         """The per-request limits of ``model``: 4096 characters, and estimated tokens where listed."""
         out = [char_budget(int(self.rules["max_input_chars"]))]
@@ -110,9 +112,11 @@ class OpenAISpeech(HttpClient):
             out.append(token_budget(int(mt), est["cjk_tokens_per_char"], est["other_chars_per_token"]))
         return out
 
+    @guarded
     def plan(self, text: str, opts: OpenAISpeechOptions, split: str = "fill") -> Plan:
         return plan_pieces(text, self.budgets(opts.model), split)
 
+    @guarded
     def body(self, text: str, opts: OpenAISpeechOptions, stream_format: str | None = None) -> dict:
         """The JSON body for one piece (fields exactly as the reference documents them)."""
         voice: str | dict = {"id": opts.voice} if opts.voice.startswith("voice_") else opts.voice
@@ -133,6 +137,7 @@ class OpenAISpeech(HttpClient):
         return PieceAudio(samples, sr)
 
     # -- whole utterances ----------------------------------------------------------------------
+    @guarded
     def synthesize(self, text: str, opts: OpenAISpeechOptions | None = None, *, split: str = "fill",
                    progress: Callable[[int, int], None] | None = None) -> SpeechResult:
         """Text of any length -> one :class:`SpeechResult` (pieces joined, sentence timings, cost).
@@ -164,6 +169,7 @@ class OpenAISpeech(HttpClient):
         return result
 
     # -- streaming -----------------------------------------------------------------------------
+    @guarded
     def stream(self, text: str, opts: OpenAISpeechOptions | None = None, *, split: str = "fill",
                stream_format: str = "audio", pauses: bool = True) -> SpeechStream:
         """Text -> :class:`SpeechStream` of 24 kHz float chunks as the audio arrives.

@@ -117,3 +117,28 @@ class AudioAnswers:
                 time.sleep(srv.chunk_delay_s)
         self.wfile.write(b"0\r\n\r\n")
         self.wfile.flush()
+
+
+class FakeClock:
+    """The clock of the HTTP base (``providers.http.time``) replaced by one that moves only when slept
+    on, so a test measures the backoff a client waits without waiting. Give the client
+    ``sleep=clock.sleep`` and call :meth:`install` with pytest's ``monkeypatch``."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+        self.sleeps: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.t
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.t += seconds
+
+    def install(self, monkeypatch) -> "FakeClock":
+        import types
+
+        from comfyui_digitalhuman.providers import http
+
+        monkeypatch.setattr(http, "time", types.SimpleNamespace(monotonic=self.monotonic, sleep=self.sleep, time=time.time))
+        return self

@@ -10,8 +10,8 @@ Rules (the punctuation sets and abbreviation lists live in ``data/speech.json``,
 - ``。！？；`` (and full-width ``．``) end a sentence wherever they stand; ``! ? ;`` and a single
   ``.`` end one only when whitespace, a CJK character or the end follows (so ``3.50``,
   ``example.com`` and ``U.S.A`` stay whole); a ``.`` after a title (``Dr.``, ``e.g.``) or a
-  single-letter initial never ends one, after an abbreviation (``etc.``, ``Inc.``) only when a
-  capital letter follows;
+  single-letter initial never ends one, after ``No.``/``Fig.``-like words not before a digit,
+  after an abbreviation (``etc.``, ``Inc.``) only when a capital letter follows;
 - an ellipsis (``...``, ``…``, ``……``) ends a sentence unless a lowercase word follows it;
 - closing quotes and brackets right after the stop belong to the sentence (``他说：“好。”``);
 - a sentence with nothing to say (punctuation or emoji only) joins the sentence before it in its
@@ -119,6 +119,7 @@ class _Rules:
         self.closers = set(r["closers"])
         self.clause_marks = set(r["clause_marks"])
         self.titles = {a.lower() for a in r["titles"]}
+        self.before_numbers = {a.lower() for a in r.get("before_numbers", [])}
         self.abbreviations = {a.lower() for a in r["abbreviations"]}
 
 
@@ -180,6 +181,11 @@ def _sentence_end(src: str, i: int, r: _Rules) -> int | None:
         low = word.lower()
         if low in r.titles or (len(word) == 1 and word.isalpha()) or ("." in word and all(len(p) == 1 for p in word.split("."))):
             return None  # Dr. Smith, J. K. Rowling, U.S.
+        if low in r.before_numbers:
+            nxt = _next_visible(src, k)
+            if nxt is not None and (nxt.isdigit() or nxt in "(#"):
+                return None  # No. 5, Fig. 3
+            return k
         if low in r.abbreviations:
             nxt = _next_visible(src, k)
             return k if (nxt is None or nxt.isupper() or is_cjk(nxt)) else None

@@ -44,17 +44,6 @@ def voice(text: str, rate: int = 24000, speed: float = 1.0) -> np.ndarray:
     return fakespeech.render(text, rate, speed).astype(np.float32) / 32768.0
 
 
-class FakeClock:
-    def __init__(self):
-        self.t = 0.0
-        self.sleeps: list[float] = []
-
-    def now(self) -> float:
-        return self.t
-
-    def sleep(self, s: float) -> None:
-        self.sleeps.append(s)
-        self.t += s
 
 
 def test_request_as_sent_and_pcm_decoded(server):
@@ -176,12 +165,12 @@ def test_errors_carry_the_documented_status_and_message(server, caplog):
         client(server).synthesize("Hello.", Opts(voice_settings=VoiceSettings(speed=2.0)))
 
 
-def test_429_retry_after_on_a_fake_clock_then_500_then_success(server):
+def test_429_retry_after_on_a_fake_clock_then_500_then_success(server, monkeypatch):
     server.script = [("status", 429, {"Retry-After": "4"}), ("status", 500)]
-    clock = FakeClock()
+    clock = fakespeech.FakeClock().install(monkeypatch)
     pol = RetryPolicy(max_tries=4, base_delay_s=1.0, jitter=0.0, max_retry_after_s=120)
     t0 = time.monotonic()
-    res = ElevenLabs(api_key=KEY, base_url=server.url, retry=pol, sleep=clock.sleep, clock=clock.now).synthesize("Hello.")
+    res = ElevenLabs(api_key=KEY, base_url=server.url, retry=pol, sleep=clock.sleep).synthesize("Hello.")
     assert time.monotonic() - t0 < 2.0
     # 4 s as asked after the 429, then the policy's backoff for try 2 (base 1 s x 2, no jitter) after the 500
     assert clock.t == pytest.approx(4.0 + 2.0)

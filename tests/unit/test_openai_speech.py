@@ -47,19 +47,6 @@ def voice(text: str, speed: float = 1.0) -> np.ndarray:
     return fakespeech.render(text, SR, speed).astype(np.float32) / 32768.0
 
 
-class FakeClock:
-    """A clock that only moves when slept on: backoff measured without waiting."""
-
-    def __init__(self):
-        self.t = 0.0
-        self.sleeps: list[float] = []
-
-    def now(self) -> float:
-        return self.t
-
-    def sleep(self, s: float) -> None:
-        self.sleeps.append(s)
-        self.t += s
 
 
 def test_request_fields_as_sent_and_pcm_decoded_exactly(server):
@@ -137,12 +124,12 @@ def test_wrong_key_401_is_redacted_everywhere(server, caplog):
     assert any("401" in r.getMessage() for r in caplog.records)
 
 
-def test_429_retry_after_honoured_on_a_fake_clock(server):
+def test_429_retry_after_honoured_on_a_fake_clock(server, monkeypatch):
     server.script = [("status", 429, {"Retry-After": "2"}), ("status", 429, {"Retry-After": "3"})]
-    clock = FakeClock()
+    clock = fakespeech.FakeClock().install(monkeypatch)
     pol = RetryPolicy(max_tries=4, base_delay_s=1.0, max_retry_after_s=120)
     t0 = time.monotonic()
-    res = OpenAISpeech(api_key=KEY, base_url=server.url, retry=pol, sleep=clock.sleep, clock=clock.now).synthesize(
+    res = OpenAISpeech(api_key=KEY, base_url=server.url, retry=pol, sleep=clock.sleep).synthesize(
         "Hello.", Opts(response_format="pcm"))
     assert time.monotonic() - t0 < 2.0  # no real waiting
     assert sum(clock.sleeps) == pytest.approx(5.0) and clock.t == pytest.approx(5.0)
@@ -200,7 +187,7 @@ def test_chinese_pieces_respect_the_token_estimate_of_gpt_4o_mini_tts(server):
 
 def test_streaming_chunks_straddle_samples_and_arrive_before_the_end(server):
     server.chunk_bytes = 1001  # odd: every other chunk ends in the middle of a 16-bit sample
-    server.chunk_delay_s = 0.02
+    server.chunk_delay_s = 0.05  # 15 chunks over 0.75 s: the first must be here long before the last is sent
     text = "Streaming speech arrives in pieces long before the whole answer is sent."
     total = -(-len(voice(text)) * 2 // 1001)
     st = client(server).stream(text, Opts(model="tts-1", response_format="pcm"))

@@ -22,6 +22,7 @@ def test_english_stops_decimals_abbreviations_and_initials():
     assert texts("We sell apples, pears etc. and more. We sell pears etc. Then we close.") == [
         "We sell apples, pears etc. and more.", "We sell pears etc.", "Then we close."]
     assert texts("See e.g. Fig. 3 for details. Ask Prof. Li.") == ["See e.g. Fig. 3 for details.", "Ask Prof. Li."]
+    assert texts("Room No. 5 is free. I said no. Then I left.") == ["Room No. 5 is free.", "I said no.", "Then I left."]
     assert texts("Visit http://a.com/?q=1 now. OK?!") == ["Visit http://a.com/?q=1 now.", "OK?!"]
 
 
