@@ -222,7 +222,7 @@ class ElevenLabs(HttpClient):
         result.info = {"provider": "elevenlabs", "model": opts.model_id, "voice_id": voice_id,
                        "pieces": len(plan.pieces), "characters": state["chars"], "request_ids": list(state["ids"]),
                        "credits": state["credits"] if state["credits_known"] else None,
-                       "cost_estimated": price.estimated}
+                       "cost_basis": price.basis, "cost_estimated": price.estimated}
         return result
 
     def _timestamped(self, resp, opts: ElevenLabsOptions, where: str) -> PieceAudio:
