@@ -1,0 +1,140 @@
+"""Multichannel audio test files and their exact expected samples (tests/unit/test_media_multichannel.py).
+
+The files are written with PyAV from *packed* frames (safe for any channel count); the expected
+decode is computed here with numpy from the integers written, by the conversions FFmpeg
+documents (s16 / 2**15, s32 / 2**31, (u8 - 128) / 2**7, float as is), so it does not depend on
+the decoder under test. Run as a script (``python audio_cases.py cases.json out_dir``) it writes
+and decodes every case in a fresh process, so a crash of the decoder fails the tests instead of
+killing pytest.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+# decoded sample format -> (container, codec, packed format the frames are written in, numpy dtype)
+FORMATS = {
+    "s16": ("wav", "pcm_s16le", "s16", np.int16),
+    "s32": ("wav", "pcm_s32le", "s32", np.int32),
+    "flt": ("wav", "pcm_f32le", "flt", np.float32),
+    "dbl": ("wav", "pcm_f64le", "dbl", np.float64),
+    "u8": ("wav", "pcm_u8", "u8", np.uint8),
+    "s16p": ("wv", "wavpack", "s16", np.int16),
+    "s32p": ("wv", "wavpack", "s32", np.int32),
+    "fltp": ("wv", "wavpack", "flt", np.float32),
+}
+# WavPack stores a standard layout for every count; FFmpeg's NUT keeps an unnamed "N channels" one
+UNNAMED_PLANAR = ("nut", "pcm_s16le_planar", "s16", np.int16)
+SECONDS = 0.2
+
+
+@dataclass(frozen=True)
+class Case:
+    channels: int
+    rate: int
+    fmt: str  # decoded sample format, a key of FORMATS
+    named: bool = True  # the channel count's standard layout (7.1, ...) if it has one, else "N channels"
+    read_rate: int = 0  # sample_rate asked of load_audio (0 = the file's)
+    mono: bool = False
+
+    @property
+    def id(self) -> str:
+        extra = ("" if self.named else "-unnamed") + (f"-to{self.read_rate}" if self.read_rate else "") + ("-mono" if self.mono else "")
+        return f"{self.channels}ch-{self.rate}-{self.fmt}{extra}"
+
+
+def layout_name(channels: int, named: bool) -> str:
+    import av
+
+    if named:
+        try:
+            return av.AudioLayout(f"{channels}c").name
+        except ValueError:  # no standard layout for this count
+            pass
+    return f"{channels} channels"
+
+
+def frequencies(channels: int) -> np.ndarray:
+    """A different tone per channel (150 Hz + 200 Hz steps: all below 8 kHz audio's 4 kHz Nyquist)."""
+    return 150.0 + 200.0 * np.arange(channels)
+
+
+def written(case: Case) -> np.ndarray:
+    """The samples written to the file, ``[C, T]`` in the file's integer/float type."""
+    t = np.arange(int(round(SECONDS * case.rate))) / case.rate
+    c = np.arange(case.channels)[:, None]
+    x = (0.3 + 0.03 * c) * np.sin(2 * np.pi * frequencies(case.channels)[:, None] * t + 0.4 * c)
+    dtype = FORMATS[case.fmt][3]
+    if dtype == np.int16:
+        return np.round(x * 2**15).astype(np.int16)
+    if dtype == np.int32:
+        return np.round(x * 2**31).astype(np.int32)
+    if dtype == np.uint8:
+        return np.round(x * 2**7 + 128).astype(np.uint8)
+    return x.astype(dtype)
+
+
+def expected(case: Case) -> np.ndarray:
+    """float32 ``[C, T]`` the decoder must return at the file's rate (FFmpeg's sample conversions)."""
+    w = written(case)
+    if w.dtype == np.int16:
+        return w.astype(np.float32) / np.float32(2**15)
+    if w.dtype == np.int32:
+        return w.astype(np.float32) / np.float32(2**31)
+    if w.dtype == np.uint8:
+        return (w.astype(np.float32) - 128) / np.float32(2**7)
+    return w.astype(np.float32)
+
+
+def write_case(case: Case, folder: Path) -> Path:
+    import av
+
+    container, codec, packed, _ = UNNAMED_PLANAR if (case.fmt == "s16p" and not case.named) else FORMATS[case.fmt]
+    path = folder / f"{case.id}.{container}"
+    layout = layout_name(case.channels, case.named)
+    w = written(case)
+    with av.open(str(path), "w") as out:
+        s = out.add_stream(codec, rate=case.rate)
+        s.layout = layout
+        s.format = case.fmt
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(w.T).reshape(1, -1), format=packed, layout=layout)
+        frame.sample_rate = case.rate
+        frame.pts = 0
+        for pkt in s.encode(frame):
+            out.mux(pkt)
+        for pkt in s.encode(None):
+            out.mux(pkt)
+    return path
+
+
+def run(cases_file: Path, out_dir: Path) -> None:
+    """Write and decode every case; print each id before decoding so a crash names its case."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import _pack  # noqa: F401
+    import av
+
+    from comfyui_digitalhuman.engine.media.audio_io import load_audio
+
+    for raw in json.loads(cases_file.read_text()):
+        case = Case(**raw)
+        print(f"case {case.id}", flush=True)
+        path = write_case(case, out_dir)
+        with av.open(str(path)) as c:
+            cc = c.streams.audio[0].codec_context
+            facts = {"codec_format": cc.format.name, "layout": cc.layout.name, "channels": cc.channels}
+        wave, sr = load_audio(path, case.read_rate or None, case.mono)
+        np.save(out_dir / f"{case.id}.npy", wave)
+        (out_dir / f"{case.id}.json").write_text(json.dumps({"sr": sr, **facts}))
+    print("done", flush=True)
+
+
+def cases_json(cases: list[Case]) -> str:
+    return json.dumps([asdict(c) for c in cases])
+
+
+if __name__ == "__main__":
+    run(Path(sys.argv[1]), Path(sys.argv[2]))
