@@ -3,9 +3,9 @@
 The files are written with PyAV from *packed* frames (safe for any channel count); the expected
 decode is computed here with numpy from the integers written, by the conversions FFmpeg
 documents (s16 / 2**15, s32 / 2**31, (u8 - 128) / 2**7, float as is), so it does not depend on
-the decoder under test. Run as a script (``python audio_cases.py cases.json out_dir``) it writes
-and decodes every case in a fresh process, so a crash of the decoder fails the tests instead of
-killing pytest.
+the decoder under test. Run as a script (``python audio_cases.py decode|downmix|write ...``) it does the
+work with 8 or more channels in a fresh process, so a crash fails the tests instead of killing
+pytest.
 """
 from __future__ import annotations
 
@@ -111,10 +111,14 @@ def write_case(case: Case, folder: Path) -> Path:
     return path
 
 
-def run(cases_file: Path, out_dir: Path) -> None:
+def tones(channels: int, rate: int, seconds: float, amp: float = 0.2) -> np.ndarray:
+    """float32 ``[C, T]``: channel c is a sine at ``frequencies(C)[c]``."""
+    t = np.arange(int(round(seconds * rate))) / rate
+    return (amp * np.sin(2 * np.pi * frequencies(channels)[:, None] * t)).astype(np.float32)
+
+
+def decode(cases_file: Path, out_dir: Path) -> None:
     """Write and decode every case; print each id before decoding so a crash names its case."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-    import _pack  # noqa: F401
     import av
 
     from comfyui_digitalhuman.engine.media.audio_io import load_audio
@@ -136,5 +140,46 @@ def cases_json(cases: list[Case]) -> str:
     return json.dumps([asdict(c) for c in cases])
 
 
+def downmix(out_dir: Path) -> None:
+    """``fit_channels`` of one impulse per channel (the matrix) for 1..16 channels, and of a loud 7.1 mix."""
+    from comfyui_digitalhuman.engine.media.downmix import fit_channels
+
+    block = 64
+    for n in range(1, 17):
+        print(f"case {n}", flush=True)
+        x = np.repeat(np.eye(n, dtype=np.float32) * 0.5, block, axis=0).T  # [C, n*block]: channel k on in block k
+        d = fit_channels(np.ascontiguousarray(x), 48000)
+        np.save(out_dir / f"impulses{n}.npy", d.wave.reshape(d.wave.shape[0], n, block)[:, :, block // 2])
+        (out_dir / f"impulses{n}.json").write_text(json.dumps({"rule": d.rule, "gain_db": d.gain_db, "len": d.wave.shape[1]}))
+    print("case loud", flush=True)
+    d = fit_channels(np.full((8, 4800), 0.9, np.float32), 48000)
+    np.save(out_dir / "loud.npy", d.wave)
+    (out_dir / "loud.json").write_text(json.dumps({"rule": d.rule, "gain_db": d.gain_db}))
+    print("done", flush=True)
+
+
+def write(out_dir: Path) -> None:
+    """``write_mp4`` with 2-, 8- and 16-channel audio; the written info and the file's decoded audio."""
+    import av
+
+    from comfyui_digitalhuman.engine.media.video_write import write_mp4
+
+    frames = np.zeros((10, 32, 32, 3), np.uint8)
+    for n in (2, 8, 16):
+        print(f"case {n}", flush=True)
+        info = write_mp4(out_dir / f"w{n}.mp4", frames, 10, audio=(tones(n, 48000, 1.0), 48000), preset="ultrafast")
+        with av.open(str(out_dir / f"w{n}.mp4")) as c:
+            a = c.streams.audio[0]
+            wave = np.concatenate([f.to_ndarray() for f in c.decode(a)], axis=1)  # AAC: fltp, <= 2 channels
+            facts = {"codec": a.codec_context.name, "channels": a.codec_context.channels}
+        np.save(out_dir / f"w{n}.npy", wave)
+        (out_dir / f"w{n}.json").write_text(json.dumps({**facts, "channels_in": info.audio_channels_in,
+                                                          "channels_out": info.audio_channels, "rule": info.audio_downmix}))
+    print("done", flush=True)
+
+
 if __name__ == "__main__":
-    run(Path(sys.argv[1]), Path(sys.argv[2]))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import _pack  # noqa: F401
+
+    {"decode": decode, "downmix": downmix, "write": write}[sys.argv[1]](*map(Path, sys.argv[2:]))

@@ -35,7 +35,7 @@ def decoded(tmp_path_factory) -> tuple[Path, object]:
     folder = tmp_path_factory.mktemp("multichannel")
     spec = folder / "cases.json"
     spec.write_text(cases_json(EXACT + RESAMPLED + MONO))
-    proc = run_python([TESTS / "audio_cases.py", spec, folder], timeout=900)
+    proc = run_python([TESTS / "audio_cases.py", "decode", spec, folder], timeout=900)
     return folder, proc
 
 
@@ -43,8 +43,8 @@ def load_result(decoded, case: Case) -> tuple[np.ndarray, dict]:
     folder, proc = decoded
     arr = folder / f"{case.id}.npy"
     if not arr.exists():
-        pytest.fail(f"the decoding process {exit_reason(proc)} at '{last_line(proc, 'case ')}' before reaching "
-                    f"{case.id}:\n{proc.stderr[-3000:]}")
+        pytest.fail(f"the decoding process {exit_reason(proc)} during '{last_line(proc, 'case ')}', before it "
+                    f"wrote {case.id}:\n{proc.stderr[-3000:]}")
     return np.load(arr), json.loads((folder / f"{case.id}.json").read_text())
 
 
