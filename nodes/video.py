@@ -44,7 +44,7 @@ def frames_input(images, stream: FrameStream | None, fps: float, node: str) -> t
     """The one frame source of a node that takes IMAGE *or* DH_VIDEO_STREAM, as a stream, and its fps.
 
     ``fps`` <= 0 means the stream's own rate (an IMAGE batch needs an explicit one); a different
-    explicit rate retimes a stream, which is logged because playback speed changes.
+    explicit rate retimes a stream (the caller reports it: playback speed changes).
     """
     if (images is None) == (stream is None):
         raise ValueError(f"{node}: connect exactly one of 'images' or 'stream' (got {'both' if images is not None else 'neither'})")
@@ -56,8 +56,6 @@ def frames_input(images, stream: FrameStream | None, fps: float, node: str) -> t
         raise ValueError(f"{node}: 'stream' must be a {VIDEO_STREAM}, got {type(stream).__name__}")
     if not fps or fps <= 0:
         return stream, stream.fps
-    if abs(fps - stream.fps) > 1e-6:
-        log.warning("[DigitalHuman] %s: writing the %g fps stream at %g fps (playback speed changes)", node, stream.fps, fps)
     return stream, float(fps)
 
 
@@ -135,14 +133,14 @@ class DH_SaveVideo:
             "required": {
                 "fps": ("FLOAT", {"default": 25.0, "min": 0.0, "max": 240.0, "step": 0.01, "tooltip": "Frames per second of the MP4. 0 uses the stream's own fps (IMAGE input needs a value > 0). Connect Load Video's fps to keep the source timing."}),
                 "filename_prefix": ("STRING", {"default": "DigitalHuman/video", "tooltip": "Name of the file in ComfyUI's output folder; may contain subfolders. A counter is appended."}),
-                "audio_fit": (list(AUDIO_FIT_MODES), {"default": "pad_or_trim", "tooltip": "pad_or_trim: audio padded with silence or cut to the video length (a cut is logged). extend_video: the last frame is held until the audio ends."}),
+                "audio_fit": (list(AUDIO_FIT_MODES), {"default": "pad_or_trim", "tooltip": "pad_or_trim: audio padded with silence or cut to the video length (either is reported under the node). extend_video: the last frame is held until the audio ends."}),
                 "crf": ("INT", {"default": 19, "min": 0, "max": 51, "tooltip": "H.264 quality: lower is better and larger (0 lossless, 17-23 usual)."}),
                 "preset": (list(X264_PRESETS), {"default": "medium", "tooltip": "x264 speed/size trade-off: faster presets encode quicker and make larger files."}),
             },
             "optional": {
                 "images": ("IMAGE", {"tooltip": "Frames to save (give either images or stream)."}),
                 "stream": (VIDEO_STREAM, {"tooltip": "A lazy frame stream to save chunk by chunk (give either images or stream)."}),
-                "audio": ("AUDIO", {"tooltip": "Sound track muxed as AAC; fitted to the video by audio_fit. NaN/inf samples become silence."}),
+                "audio": ("AUDIO", {"tooltip": "Sound track muxed as AAC; fitted to the video by audio_fit. NaN/inf samples become silence; more than 2 channels are downmixed (3-8 as surround to stereo, more averaged to mono)."}),
             },
         }
 
@@ -154,7 +152,8 @@ class DH_SaveVideo:
     CATEGORY = CAT_VIDEO
     DESCRIPTION = ("Saves frames (IMAGE or a lazy stream) and optional audio as an H.264 (yuv420p) + AAC MP4 in the "
                    "output folder, shown in the node. Odd sizes are padded by one edge pixel; audio is fitted by "
-                   "audio_fit. Writes to name.partial.mp4 first, so an error never leaves a half file under the final name.")
+                   "audio_fit. Writes to name.partial.mp4 first, so an error never leaves a half file under the final name. "
+                   "Whatever was changed (a retimed video, audio cut or padded, a downmix) is listed under the node.")
 
     def save(self, fps: float, filename_prefix: str = "DigitalHuman/video", audio_fit: str = "pad_or_trim",
              crf: int = 19, preset: str = "medium", images=None, stream: FrameStream | None = None, audio=None):
@@ -171,15 +170,15 @@ class DH_SaveVideo:
         bar = Progress(source.frame_count)
         info = write_mp4(path, source, fps, audio=wave, audio_fit=audio_fit, crf=crf, preset=preset,
                          progress=bar, check_interrupt=check_interrupt)
-        if info.audio_trimmed_s * fps >= 0.5:
-            log.warning("[DigitalHuman] DH_SaveVideo: the audio was %.2f s longer than the video and was cut (%s); "
-                        "use audio_fit=extend_video to keep it", info.audio_trimmed_s, filename)
-        if info.held_frames:
-            log.info("[DigitalHuman] DH_SaveVideo: held the last frame %d times to cover the audio", info.held_frames)
+        notes = info.notes(source_fps=stream.fps if stream is not None else None)
+        for note in notes:
+            log.warning("[DigitalHuman] DH_SaveVideo %s: %s", filename, note)
         entry = {"filename": filename, "subfolder": subfolder, "type": "output"}
         video = dict(entry, format="video/mp4", frame_rate=float(fps), frame_count=info.frame_count,
                      width=info.width, height=info.height)
-        return {"ui": {"images": [entry], "animated": (True,), "video": [video]}, "result": (path,)}
+        # "text": what was changed about the media (retimed, audio cut or padded, downmixed), shown
+        # under the node by web/js/dh_media.js and kept in the history for API clients
+        return {"ui": {"images": [entry], "animated": (True,), "video": [video], "text": notes}, "result": (path,)}
 
 
 NODE_CLASS_MAPPINGS = {"DH_LoadVideo": DH_LoadVideo, "DH_SaveVideo": DH_SaveVideo}

@@ -117,6 +117,25 @@ def tones(channels: int, rate: int, seconds: float, amp: float = 0.2) -> np.ndar
     return (amp * np.sin(2 * np.pi * frequencies(channels)[:, None] * t)).astype(np.float32)
 
 
+def tone_level(x: np.ndarray, sr: int, hz: float) -> float:
+    """Amplitude of the sine at ``hz`` in ``x`` (Hann window, so nearby tones do not leak; the tones
+    of :func:`frequencies` sit on FFT bins when ``len(x)`` is ``sr / 2``: no scalloping loss)."""
+    w = np.hanning(len(x))
+    spec = np.abs(np.fft.rfft(x * w)) * 2 / w.sum()
+    k = int(round(hz * len(x) / sr))
+    return float(spec[k - 1:k + 2].max())
+
+
+def middle(wave: np.ndarray, sr: int) -> np.ndarray:
+    """Half a second from 0.2 s on: past a codec's priming, and 2 Hz FFT bins for :func:`tone_level`."""
+    return wave[..., sr // 5: sr // 5 + sr // 2]
+
+
+def pcm16(wave: np.ndarray) -> np.ndarray:
+    """float samples as the int16 a PCM file stores (decoded back exactly as ``x / 2**15``)."""
+    return np.round(wave * 2**15).astype(np.int16)
+
+
 def decode(cases_file: Path, out_dir: Path) -> None:
     """Write and decode every case; print each id before decoding so a crash names its case."""
     import av
@@ -178,8 +197,82 @@ def write(out_dir: Path) -> None:
     print("done", flush=True)
 
 
+def write_video(path: Path, codec: str, wave: np.ndarray, rate: int, layout: str, fps: int = 10) -> None:
+    """A small H.264 video (gray frames numbered by brightness) with ``wave`` [C, T] as its sound track."""
+    import av
+
+    n_frames = int(round(wave.shape[1] / rate * fps))
+    with av.open(str(path), "w") as out:
+        v = out.add_stream("libx264", rate=fps)
+        v.width, v.height, v.pix_fmt = 64, 48, "yuv420p"
+        v.options = {"preset": "ultrafast"}
+        a = out.add_stream(codec, rate=rate)
+        a.layout = layout
+        if codec == "aac":
+            a.bit_rate = 64000 * wave.shape[0]
+        for i in range(n_frames):
+            img = np.full((48, 64, 3), 10 + 20 * (i % 12), np.uint8)
+            for pkt in v.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(pkt)
+        packed = "s16" if wave.dtype == np.int16 else "flt"
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(wave.T).reshape(1, -1), format=packed, layout=layout)
+        frame.sample_rate, frame.pts = rate, 0
+        for pkt in a.encode(frame):
+            out.mux(pkt)
+        for stream in (v, a):
+            for pkt in stream.encode(None):
+                out.mux(pkt)
+
+
+def nodes(work: Path) -> None:
+    """DH_LoadAudio, DH_LoadVideo and DH_SaveVideo (real ComfyUI modules) on 7.1, 12- and 16-channel media."""
+    import av
+    from comfy_server import find_comfyui
+
+    root = find_comfyui()
+    sys.path.append(str(root))
+    import comfy.cli_args
+
+    comfy.cli_args.args.cpu = True
+    import folder_paths
+
+    for kind in ("input", "output", "temp"):
+        (work / kind).mkdir(exist_ok=True)
+        getattr(folder_paths, f"set_{kind}_directory")(str(work / kind))
+    from comfyui_digitalhuman.nodes.audio import DH_LoadAudio
+    from comfyui_digitalhuman.nodes.video import DH_LoadVideo, DH_SaveVideo
+
+    wav = write_case(Case(8, 48000, "s16"), work / "input")
+    print("case load_audio_7.1", flush=True)
+    (audio,) = DH_LoadAudio().load(wav.name)
+    np.save(work / "load_audio_7.1.npy", audio["waveform"].numpy())
+    (work / "load_audio_7.1.json").write_text(json.dumps({"sr": audio["sample_rate"]}))
+    videos = {  # name -> (codec, samples, layout)
+        "aac71.mp4": ("aac", tones(8, 48000, 1.0), "7.1"),
+        "pcm12.mkv": ("pcm_s16le", pcm16(tones(12, 48000, 1.0)), "12 channels"),
+        "pcm16.mov": ("pcm_s16le", pcm16(tones(16, 44100, 1.0)), "16 channels"),
+    }
+    for name, (codec, wave, layout) in videos.items():
+        rate = 44100 if name.endswith(".mov") else 48000
+        write_video(work / "input" / name, codec, wave, rate, layout)
+        print(f"case {name}", flush=True)
+        images, audio, fps, count, stream = DH_LoadVideo().load(name, 0.0, 0, 0, 1, True)
+        np.save(work / f"{name}.load.npy", audio["waveform"].numpy())
+        print(f"case save {name}", flush=True)
+        saved = DH_SaveVideo().save(fps, f"out_{name}", "pad_or_trim", 23, "ultrafast", images=images, audio=audio)
+        out = Path(saved["result"][0])
+        with av.open(str(out)) as c:
+            a = c.streams.audio[0]
+            got = np.concatenate([f.to_ndarray() for f in c.decode(a)], axis=1)  # AAC, <= 2 channels
+            channels = a.codec_context.channels
+        np.save(work / f"{name}.save.npy", got)
+        (work / f"{name}.json").write_text(json.dumps({"sr": audio["sample_rate"], "fps": fps, "count": count,
+                                                       "saved_channels": channels, "notes": saved["ui"]["text"]}))
+    print("done", flush=True)
+
+
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
     import _pack  # noqa: F401
 
-    {"decode": decode, "downmix": downmix, "write": write}[sys.argv[1]](*map(Path, sys.argv[2:]))
+    {"decode": decode, "downmix": downmix, "write": write, "nodes": nodes}[sys.argv[1]](*map(Path, sys.argv[2:]))

@@ -71,6 +71,37 @@ class WrittenInfo:
     audio_downmix: str = ""  # what was done to fit the channels ("" = kept)
     audio_gain_db: float = 0.0  # level change of the downmix to stay within full scale
 
+    def notes(self, source_fps: float | None = None) -> list[str]:
+        """What the writer changed about the user's media, one sentence each, for a node's UI.
+
+        ``source_fps``: the rate the frames were made for (a stream's own fps), if known; writing at
+        another rate changes the playback speed. A cut or padding shorter than half a frame is the
+        normal rounding of the audio to whole frames and is not mentioned.
+        """
+        out: list[str] = []
+        if source_fps and abs(source_fps - self.fps) > 1e-6:
+            speed = "slower" if self.fps < source_fps else "faster"
+            out.append(f"saved at {self.fps:g} fps, but the frames are {source_fps:g} fps: the video plays "
+                       f"{max(source_fps, self.fps) / min(source_fps, self.fps):.3g}x {speed} than its source "
+                       f"({self.duration:.2f} s instead of {self.frame_count / source_fps:.2f} s)")
+        half_frame = 0.5 / self.fps
+        if self.audio_trimmed_s >= half_frame:
+            out.append(f"the audio was {self.audio_trimmed_s:.2f} s longer than the {self.duration:.2f} s of video "
+                       f"({self.frame_count} frames at {self.fps:g} fps): its last {self.audio_trimmed_s:.2f} s were cut "
+                       "(audio_fit=extend_video keeps it)")
+        if self.audio_padded_s >= half_frame:
+            out.append(f"the audio was {self.audio_padded_s:.2f} s shorter than the {self.duration:.2f} s of video: "
+                       f"{self.audio_padded_s:.2f} s of silence were added at the end")
+        if self.held_frames:
+            out.append(f"the last frame is held {self.held_frames} times ({self.held_frames / self.fps:.2f} s) "
+                       "to cover the audio")
+        if self.audio_downmix:
+            gain = f", scaled by {self.audio_gain_db:.1f} dB so it does not clip" if self.audio_gain_db else ""
+            out.append(f"audio: {self.audio_downmix}{gain}")
+        if self.audio_nonfinite:
+            out.append(f"audio: {self.audio_nonfinite} NaN/inf samples were replaced by silence")
+        return out
+
 
 def partial_path_for(path: str | os.PathLike) -> Path:
     """Where the in-progress file lives: ``name.mp4`` -> ``name.partial.mp4``."""
@@ -252,9 +283,6 @@ def write_mp4(
         prepared = (fitted.wave, fitted.sr)
         if fitted.nonfinite:
             log.warning("[DigitalHuman] %s: %d NaN/inf audio samples replaced by silence", final.name, fitted.nonfinite)
-        if fitted.downmix:
-            log.info("[DigitalHuman] %s: audio %s%s", final.name, fitted.downmix,
-                     f", scaled by {fitted.gain_db:.1f} dB to stay within full scale" if fitted.gain_db else "")
     final.parent.mkdir(parents=True, exist_ok=True)
     partial = partial_path_for(final)
     partial.unlink(missing_ok=True)

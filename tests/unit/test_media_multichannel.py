@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from scipy.signal import resample_poly
 
-from audio_cases import FORMATS, Case, cases_json, expected
+from audio_cases import FORMATS, Case, cases_json, expected, frequencies, middle, pcm16, tone_level, tones
 from isolated import TESTS, exit_reason, last_line, run_python
 
 RATES = (8000, 16000, 22050, 44100, 48000, 96000)
@@ -86,3 +86,64 @@ def test_mono_averages_all_channels(decoded, case: Case) -> None:
     want = expected(case).mean(axis=0, keepdims=True)
     # the mean of C float32 values: C additions, each rounding by at most half an ulp of a sum below C
     np.testing.assert_allclose(got, want, rtol=0, atol=case.channels * 2.0**-24)
+
+
+# -- through the nodes (real ComfyUI modules, in a child process) ----------------------------
+
+S = 2**-0.5  # -3 dB
+ITU_71 = [(1, 0), (0, 1), (S, S), (0, 0), (S, 0), (0, S), (S, 0), (0, S)]  # FL FR FC LFE BL BR SL SR: ITU-R BS.775
+
+
+@pytest.fixture(scope="module")
+def through_nodes(tmp_path_factory) -> tuple[Path, object]:
+    work = tmp_path_factory.mktemp("nodes")
+    return work, run_python([TESTS / "audio_cases.py", "nodes", work], timeout=900)
+
+
+def node_result(run, name: str) -> tuple[np.ndarray, dict]:
+    work, proc = run
+    if not (work / f"{name}.json").exists():
+        pytest.fail(f"the node process {exit_reason(proc)} during '{last_line(proc, 'case ')}':\n{proc.stderr[-3000:]}")
+    return json.loads((work / f"{name}.json").read_text())
+
+
+def test_load_audio_node_keeps_7_1(through_nodes) -> None:
+    meta = node_result(through_nodes, "load_audio_7.1")
+    got = np.load(through_nodes[0] / "load_audio_7.1.npy")
+    assert meta["sr"] == 48000
+    np.testing.assert_array_equal(got, expected(Case(8, 48000, "s16"))[None])  # AUDIO [1, 8, T], exact
+
+
+def test_load_video_node_7_1_aac_track_and_save(through_nodes) -> None:
+    meta = node_result(through_nodes, "aac71.mp4")
+    loaded = np.load(through_nodes[0] / "aac71.mp4.load.npy")
+    assert (meta["fps"], meta["count"], meta["sr"]) == (10.0, 10, 48000)
+    assert loaded.shape == (1, 8, 48000)  # the audio under the 10 frames (1 s)
+    seg, hz = middle(loaded[0], 48000), frequencies(8)
+    for ch in range(8):
+        if ch == 3:  # AAC codes the LFE channel only up to ~120 Hz; its 750 Hz tone is gone by design
+            continue
+        # AAC at 64 kb/s a channel keeps these tones within a few per cent; no tone leaks into another channel
+        assert tone_level(seg[ch], 48000, hz[ch]) == pytest.approx(0.2, abs=0.02), f"channel {ch}"
+        assert max(tone_level(seg[ch], 48000, f) for k, f in enumerate(hz) if k != ch) < 0.01, f"channel {ch}"
+    saved = middle(np.load(through_nodes[0] / "aac71.mp4.save.npy"), 48000)
+    assert meta["saved_channels"] == 2 and meta["notes"] == ["audio: 8 channels taken as 7.1, downmixed to stereo (ITU-R BS.775)"]
+    for ch, (left, right) in enumerate(ITU_71):
+        if ch == 3:
+            continue
+        level = tone_level(seg[ch], 48000, hz[ch])  # what was loaded; a second AAC generation follows
+        assert tone_level(saved[0], 48000, hz[ch]) == pytest.approx(level * left, abs=0.02), f"L, channel {ch}"
+        assert tone_level(saved[1], 48000, hz[ch]) == pytest.approx(level * right, abs=0.02), f"R, channel {ch}"
+
+
+@pytest.mark.parametrize("name, channels, sr", [("pcm12.mkv", 12, 48000), ("pcm16.mov", 16, 44100)])
+def test_load_video_node_many_unnamed_channels_and_save(through_nodes, name: str, channels: int, sr: int) -> None:
+    meta = node_result(through_nodes, name)
+    loaded = np.load(through_nodes[0] / f"{name}.load.npy")
+    want = pcm16(tones(channels, sr, 1.0)).astype(np.float32) / np.float32(2**15)
+    assert meta["sr"] == sr and meta["count"] == 10
+    np.testing.assert_array_equal(loaded, want[None])  # PCM: exact, every channel in its place
+    saved = middle(np.load(through_nodes[0] / f"{name}.save.npy"), sr)
+    assert meta["saved_channels"] == 1 and meta["notes"] == [f"audio: {channels} channels (no speaker layout) averaged to mono"]
+    for ch, f in enumerate(frequencies(channels)):  # each tone at 0.2 / C in the AAC mono mix (within ~15 %)
+        assert tone_level(saved[0], sr, f) == pytest.approx(0.2 / channels, rel=0.15), f"channel {ch}"
