@@ -67,7 +67,7 @@ class DH_LoadVideo:
         return {
             "required": {
                 "video": (list_input_files(VIDEO_EXTENSIONS), {"tooltip": "Video file in ComfyUI's input folder (mp4, mov, mkv, webm, ...). Use the upload button to add one."}),
-                "force_fps": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 240.0, "step": 0.01, "tooltip": "Resample to this frame rate (each output frame shows the latest source frame at or before its time); 0 keeps the file's rate."}),
+                "force_fps": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 240.0, "step": 0.01, "tooltip": "Resample to this frame rate (each output frame shows the latest source frame at or before its time); 0 keeps the file's rate (the average rate for a variable-frame-rate video, resampled the same way)."}),
                 "skip_first_frames": ("INT", {"default": 0, "min": 0, "max": 10_000_000, "tooltip": "Drop this many frames from the start (counted after force_fps)."}),
                 "frame_load_cap": ("INT", {"default": 0, "min": 0, "max": 10_000_000, "tooltip": "Load at most this many frames (after skipping and select_every_nth); 0 loads all."}),
                 "select_every_nth": ("INT", {"default": 1, "min": 1, "max": 1000, "tooltip": "Keep every n-th frame; the output fps is divided by n."}),
@@ -88,7 +88,8 @@ class DH_LoadVideo:
     CATEGORY = CAT_VIDEO
     DESCRIPTION = ("Loads a video from the input folder with optional frame-rate resampling, skipping, capping and "
                    "every-n-th selection. Gives IMAGE frames, the matching AUDIO, fps and frame count, and a "
-                   "DH_VIDEO_STREAM that reads frames on demand so long videos need no RAM.")
+                   "DH_VIDEO_STREAM that reads frames on demand so long videos need no RAM. A variable-frame-rate "
+                   "video is read by its timestamps at its average rate (in sync with its sound), and the node says so.")
 
     def load(self, video: str, force_fps: float = 0.0, skip_first_frames: int = 0, frame_load_cap: int = 0,
              select_every_nth: int = 1, decode_images: bool = True):
@@ -106,7 +107,12 @@ class DH_LoadVideo:
         wave, sr = src.read_audio()
         if wave.shape[1] == 0:
             wave, sr = empty_audio()
-        return (uint8_to_image(frames), audio_to_comfy(wave, sr), float(src.fps), int(src.frame_count), stream)
+        for note in src.notes:
+            log.warning("[DigitalHuman] DH_LoadVideo '%s': %s", video, note)
+        # "text": what was done that changes timing (a variable frame rate made constant), shown under
+        # the node by web/js/dh_media.js
+        return {"ui": {"text": list(src.notes)},
+                "result": (uint8_to_image(frames), audio_to_comfy(wave, sr), float(src.fps), int(src.frame_count), stream)}
 
     @classmethod
     def IS_CHANGED(cls, video: str, **_):

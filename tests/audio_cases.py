@@ -256,7 +256,7 @@ def nodes(work: Path) -> None:
         rate = 44100 if name.endswith(".mov") else 48000
         write_video(work / "input" / name, codec, wave, rate, layout)
         print(f"case {name}", flush=True)
-        images, audio, fps, count, stream = DH_LoadVideo().load(name, 0.0, 0, 0, 1, True)
+        images, audio, fps, count, stream = DH_LoadVideo().load(name, 0.0, 0, 0, 1, True)["result"]
         np.save(work / f"{name}.load.npy", audio["waveform"].numpy())
         print(f"case save {name}", flush=True)
         saved = DH_SaveVideo().save(fps, f"out_{name}", "pad_or_trim", 23, "ultrafast", images=images, audio=audio)

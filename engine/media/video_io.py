@@ -11,6 +11,12 @@ Frame selection, applied in this order:
 3. ``select_every_nth`` keeps frames 0, n, 2n, ... of what remains; the fps is divided by n.
 4. ``frame_cap`` (> 0) keeps at most that many frames.
 
+Variable frame rate (phones, screen recordings): when the frame intervals differ by more than
+``vfr_interval_spread`` of ``data/media.json``, a video without ``force_fps`` is read on the
+step-1 timeline at its average rate (frames / span of the timestamps) instead of frame by frame,
+so every frame is shown at its own time and the picture stays in sync with the audio (frames
+are repeated across long intervals and dropped in bursts). :attr:`VideoSource.notes` says so.
+
 Frames are uint8 RGB ``[n, H, W, 3]``. Decoding happens on demand in :meth:`VideoSource.iter_chunks`,
 so a long video needs only one chunk of frames in memory.
 """
@@ -29,6 +35,7 @@ import numpy as np
 
 from .audio_io import read_audio_track
 from .errors import MediaError
+from .settings import media_settings
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".flv", ".mpg", ".mpeg", ".ts", ".gif")
 # Containers/codecs FFmpeg uses for still pictures; a video loader must refuse them clearly.
@@ -128,6 +135,49 @@ def probe(path: str | os.PathLike) -> VideoInfo:
     return VideoInfo(path, width, height, fps, frames, duration, audio is not None, codec, a_rate, a_ch)
 
 
+@dataclass(frozen=True)
+class FrameTiming:
+    """The presentation timestamps of a video's frames, summarised (from demuxing, no decoding)."""
+
+    count: int  # frames with a timestamp
+    span: float  # seconds from the first frame to the end of the last (last interval = the median)
+    median_interval: float  # seconds
+    min_interval: float
+    max_interval: float
+    variable: bool  # some interval is off the median by more than the vfr_interval_spread rule
+
+    @property
+    def average_fps(self) -> float:
+        return self.count / self.span if self.span > 0 else 0.0
+
+
+def frame_timing(path: str | os.PathLike, spread: float | None = None) -> FrameTiming:
+    """Frame intervals of the first video stream, and whether the frame rate is variable.
+
+    An interval counts as off when it differs from the median by more than ``spread`` (default:
+    ``vfr_interval_spread`` of data/media.json) times the median plus one tick of the time base,
+    so the rounding of a constant rate's timestamps (33/34 ms at 29.97 fps in Matroska) is not VFR.
+    """
+    path = str(path)
+    spread = float(media_settings()["vfr_interval_spread"] if spread is None else spread)
+    with open_video(path) as container:
+        stream = _video_stream(container, path)
+        tb = stream.time_base or Fraction(1, 90000)
+        stamps = []
+        for pkt in container.demux(stream):
+            t = pkt.pts if pkt.pts is not None else pkt.dts
+            if t is not None and pkt.size > 0:
+                stamps.append(t)
+    if len(stamps) < 3:
+        return FrameTiming(len(stamps), 0.0, 0.0, 0.0, 0.0, False)
+    ticks = np.diff(np.sort(np.asarray(stamps, dtype=np.int64)))
+    d = ticks.astype(np.float64) * float(tb)
+    median = float(np.median(d))
+    off = np.abs(d - median) > spread * median + float(tb)
+    span = float((max(stamps) - min(stamps)) * tb) + median
+    return FrameTiming(len(stamps), span, median, float(d.min()), float(d.max()), bool(median > 0 and off.any()))
+
+
 def resampled_count(duration: float, fps: float) -> int:
     """Frames at ``fps`` covering ``duration`` seconds: every ``i`` with ``i / fps < duration``."""
     return max(0, math.ceil(duration * fps - _TS_EPS))
@@ -167,8 +217,26 @@ class VideoSource:
         self.skip_first = int(skip_first)
         self.frame_cap = int(frame_cap)
         self.select_every_nth = int(select_every_nth)
-        base_fps = self.force_fps or self.info.fps
-        self.base_count = resampled_count(self.info.duration, base_fps) if self.force_fps else self.info.frame_count
+        self.timing = frame_timing(self.path)
+        #: what was done that a user should know (variable frame rate made constant), one sentence each
+        self.notes: list[str] = []
+        # the step-1 timeline: force_fps, else the average rate of a variable-frame-rate video
+        self.timeline_fps = self.force_fps
+        duration = self.info.duration
+        if self.timing.variable:
+            ms = f"{self.timing.min_interval * 1000:.1f} to {self.timing.max_interval * 1000:.1f} ms"
+            if self.force_fps:
+                self.notes.append(f"variable frame rate (frame intervals {ms}): resampled by timestamps to the "
+                                  f"force_fps of {self.force_fps:g} fps")
+            else:
+                self.timeline_fps = self.timing.average_fps
+                duration = self.timing.span
+                self.notes.append(
+                    f"variable frame rate (frame intervals {ms}): loaded as a constant {self.timeline_fps:.3f} fps (the "
+                    f"average over {self.timing.span:.2f} s), each frame shown at its own time, so frames are repeated "
+                    "or dropped and the picture stays in sync with the sound; set force_fps for another rate")
+        base_fps = self.timeline_fps or self.info.fps
+        self.base_count = resampled_count(duration, base_fps) if self.timeline_fps else self.info.frame_count
         self.fps = base_fps / self.select_every_nth
         self.frame_count = selected_count(self.base_count, self.skip_first, self.select_every_nth, self.frame_cap)
         self.width, self.height = self.info.width, self.info.height
@@ -213,8 +281,9 @@ class VideoSource:
                 log.warning("[DigitalHuman] %s: %d of %d frames decodable; the last one is repeated", self.path, n, expected)
 
     def _base_frames(self) -> Iterator[np.ndarray]:
-        """Frames before skip/nth/cap: every decoded frame, or the force_fps timeline."""
-        if not self.force_fps:
+        """Frames before skip/nth/cap: every decoded frame, or the timeline at ``timeline_fps``."""
+        fps = self.timeline_fps
+        if not fps:
             n, img = 0, None
             for _, img in self._decoded():
                 yield img
@@ -226,7 +295,7 @@ class VideoSource:
         i, held = 0, None
         for ts, img in self._decoded():
             # emit output frames whose time lies before this source frame: they show the held one
-            while i < self.base_count and held is not None and i / self.force_fps + _TS_EPS < ts:
+            while i < self.base_count and held is not None and i / fps + _TS_EPS < ts:
                 yield held
                 i += 1
             held = img
@@ -265,8 +334,8 @@ class VideoSource:
             yield np.stack(buf)
 
     def time_range(self) -> tuple[float, float]:
-        """(start s, length s) of the source time the selected frames cover (constant frame rate assumed)."""
-        base_fps = self.force_fps or self.info.fps
+        """(start s, length s) of the source time the selected frames cover."""
+        base_fps = self.timeline_fps or self.info.fps
         return self.skip_first / base_fps, self.frame_count / self.fps
 
     def read_audio(self, sample_rate: int | None = None, mono: bool = False) -> tuple[np.ndarray, int]:

@@ -11,6 +11,8 @@ from pathlib import Path
 import av
 import pytest
 
+from media_frames import VFR_MS, write_timed
+
 
 @pytest.fixture()
 def video_nodes(comfy_env, testdata: Path):
@@ -36,7 +38,9 @@ def file_facts(path: str) -> tuple[int, float, float]:
 @pytest.mark.parametrize("save_fps, speed, change", [(50.0, "2x faster", "cut"), (20.0, "1.25x slower", "padded")])
 def test_save_at_another_fps_than_the_stream_says_so(video_nodes, save_fps: float, speed: str, change: str) -> None:
     video, _ = video_nodes
-    _, audio, fps, count, stream = video.DH_LoadVideo().load("d20.mp4", 0.0, 0, 25, 1, False)  # 1 s: 25 frames
+    loaded = video.DH_LoadVideo().load("d20.mp4", 0.0, 0, 25, 1, False)
+    assert loaded["ui"] == {"text": []}  # a constant-rate video: nothing to report
+    _, audio, fps, count, stream = loaded["result"]  # 1 s: 25 frames
     assert (fps, count) == (25.0, 25) and audio["waveform"].shape[-1] == 44100
     out = video.DH_SaveVideo().save(save_fps, "dh/retimed", "pad_or_trim", 23, "ultrafast", stream=stream, audio=audio)
     notes = out["ui"]["text"]
@@ -56,7 +60,7 @@ def test_save_at_another_fps_than_the_stream_says_so(video_nodes, save_fps: floa
 
 def test_images_at_the_source_fps_have_no_notes_and_a_cut_is_reported(video_nodes) -> None:
     video, _ = video_nodes
-    images, audio, fps, _, _ = video.DH_LoadVideo().load("d20.mp4", 0.0, 0, 25, 1, True)
+    images, audio, fps, _, _ = video.DH_LoadVideo().load("d20.mp4", 0.0, 0, 25, 1, True)["result"]
     same = video.DH_SaveVideo().save(fps, "dh/same", "pad_or_trim", 23, "ultrafast", images=images, audio=audio)
     assert same["ui"]["text"] == []
     long_audio = dict(audio, waveform=audio["waveform"].repeat(1, 1, 3))  # 3 s of sound under 1 s of frames
@@ -66,3 +70,13 @@ def test_images_at_the_source_fps_have_no_notes_and_a_cut_is_reported(video_node
     held = video.DH_SaveVideo().save(fps, "dh/held", "extend_video", 23, "ultrafast", images=images, audio=long_audio)
     assert held["ui"]["text"] == ["the last frame is held 50 times (2.00 s) to cover the audio"]
     assert file_facts(held["result"][0])[0] == 75
+
+
+def test_load_variable_frame_rate_video_says_what_it_did(video_nodes, tmp_path: Path) -> None:
+    video, env = video_nodes
+    write_timed(env.dirs["input"] / "phone.mp4", VFR_MS)
+    out = video.DH_LoadVideo().load("phone.mp4", 0.0, 0, 0, 1, True)
+    images, _, fps, count, _ = out["result"]
+    assert fps == pytest.approx(25 / 1.4) and count == 25 and tuple(images.shape) == (25, 48, 64, 3)
+    (note,) = out["ui"]["text"]
+    assert note.startswith("variable frame rate (frame intervals 40.0 to 120.0 ms): loaded as a constant 17.857 fps")
