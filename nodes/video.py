@@ -10,10 +10,11 @@ import logging
 import os
 from contextlib import closing
 
+import torch
 
 from ..engine.media.audio_io import empty_audio
 from ..engine.media.stream import FrameStream
-from ..engine.media.video_io import VIDEO_EXTENSIONS, VideoSource, probe
+from ..engine.media.video_io import VIDEO_EXTENSIONS, VideoSource, images_peak_bytes, probe
 from ..engine.media.video_write import AUDIO_FIT_MODES, X264_PRESETS, write_mp4
 from .audio import file_signature, list_input_files, validate_input_file
 from .common import (CAT_VIDEO, VIDEO_STREAM, Progress, audio_to_comfy, check_interrupt, comfy_to_audio, safe_path,
@@ -25,7 +26,7 @@ log = logging.getLogger("DigitalHuman")
 
 def _check_ram_for_images(name: str, frames: int, width: int, height: int) -> None:
     """Refuse an IMAGE batch that cannot fit in RAM with a clear error, instead of being killed."""
-    need = frames * width * height * 3 * 4 * 1.1  # float32 IMAGE, plus the uint8 decode buffer
+    need = images_peak_bytes(frames, width, height)
     try:
         import psutil
 
@@ -38,6 +39,13 @@ def _check_ram_for_images(name: str, frames: int, width: int, height: int) -> No
             f"{avail / 2**30:.1f} GiB RAM is free. Turn off decode_images and use the stream output, or lower "
             "frame_load_cap / raise select_every_nth."
         )
+
+
+def _decode_images(src: VideoSource) -> torch.Tensor:
+    """The selected frames as IMAGE, decoded straight into the float32 tensor (see VideoSource.read_into)."""
+    images = torch.empty((src.frame_count, src.height, src.width, 3), dtype=torch.float32)
+    done = src.read_into(images.numpy(), progress=Progress(src.frame_count), check_interrupt=check_interrupt)
+    return images[:done]
 
 
 def frames_input(images, stream: FrameStream | None, fps: float, node: str) -> tuple[FrameStream, float]:
@@ -99,11 +107,10 @@ class DH_LoadVideo:
         stream = FrameStream(src.iter_chunks, src.fps, src.frame_count, src.width, src.height, name=f"video '{video}'")
         if decode_images:
             _check_ram_for_images(video, src.frame_count, src.width, src.height)
-            bar = Progress(src.frame_count)
-            frames = src.read_all(progress=bar, check_interrupt=check_interrupt)
+            images = _decode_images(src)
         else:
             with closing(src.iter_chunks(1)) as first:
-                frames = next(first)
+                images = uint8_to_image(next(first))
         wave, sr = src.read_audio()
         if wave.shape[1] == 0:
             wave, sr = empty_audio()
@@ -112,7 +119,7 @@ class DH_LoadVideo:
         # "text": what was done that changes timing (a variable frame rate made constant), shown under
         # the node by web/js/dh_media.js
         return {"ui": {"text": list(src.notes)},
-                "result": (uint8_to_image(frames), audio_to_comfy(wave, sr), float(src.fps), int(src.frame_count), stream)}
+                "result": (images, audio_to_comfy(wave, sr), float(src.fps), int(src.frame_count), stream)}
 
     @classmethod
     def IS_CHANGED(cls, video: str, **_):

@@ -178,6 +178,16 @@ def frame_timing(path: str | os.PathLike, spread: float | None = None) -> FrameT
     return FrameTiming(len(stamps), span, median, float(d.min()), float(d.max()), bool(median > 0 and off.any()))
 
 
+def images_peak_bytes(frames: int, width: int, height: int) -> int:
+    """Peak memory of decoding ``frames`` into a float32 IMAGE with :meth:`VideoSource.read_into`.
+
+    The IMAGE itself (4 bytes a channel) plus the decoder's frames in flight, counted as
+    ``image_decode_overhead_frames`` (data/media.json) uint8 RGB frames.
+    """
+    frame = width * height * 3
+    return frames * frame * 4 + int(media_settings()["image_decode_overhead_frames"]) * frame
+
+
 def resampled_count(duration: float, fps: float) -> int:
     """Frames at ``fps`` covering ``duration`` seconds: every ``i`` with ``i / fps < duration``."""
     return max(0, math.ceil(duration * fps - _TS_EPS))
@@ -319,19 +329,62 @@ class VideoSource:
     def iter_chunks(
         self, chunk: int = 16, check_interrupt: Callable[[], None] | None = None
     ) -> Iterator[np.ndarray]:
-        """Selected frames in batches of up to ``chunk``: uint8 ``[n, H, W, 3]``, decoded on demand."""
+        """Selected frames in batches of up to ``chunk``: uint8 ``[n, H, W, 3]``, decoded on demand.
+
+        Each batch is a new array filled frame by frame (no list of frames stacked afterwards, which
+        would hold every frame of a chunk twice: 1.6 GB for 32 frames of 4K).
+        """
         if chunk < 1:
             raise ValueError(f"chunk must be >= 1, got {chunk}")
-        buf: list[np.ndarray] = []
+        buf: np.ndarray | None = None
+        n = done = 0
         for img in self.iter_frames():
-            buf.append(img)
-            if len(buf) == chunk:
+            if buf is None:
+                buf = np.empty((min(chunk, max(self.frame_count - done, 1)), *img.shape), dtype=np.uint8)
+            self._check_size(img, done + n)
+            buf[n] = img
+            n += 1
+            if n == len(buf):
                 if check_interrupt:
                     check_interrupt()
-                yield np.stack(buf)
-                buf = []
-        if buf:
-            yield np.stack(buf)
+                yield buf
+                done += n
+                buf, n = None, 0
+        if buf is not None and n:
+            yield buf[:n]
+
+    def _check_size(self, img: np.ndarray, index: int) -> None:
+        if img.shape != (self.height, self.width, 3):
+            raise MediaError(f"'{self.path}': frame {index} is {img.shape[1]}x{img.shape[0]}, but the video is "
+                             f"{self.width}x{self.height} (a size change inside the stream is not supported)")
+
+    def read_into(self, out: np.ndarray, progress: Callable[[int, int], None] | None = None,
+                  check_interrupt: Callable[[], None] | None = None) -> int:
+        """Decode the selected frames straight into ``out`` (``[>= frame_count, H, W, 3]``); returns the count.
+
+        A float ``out`` receives ``frame / 255`` in float32 (ComfyUI's IMAGE values), converted frame
+        by frame in place: what an IMAGE batch costs is the output alone, with no full uint8 copy
+        beside it (the old path held uint8 frames, a stacked copy and then the float tensor).
+        """
+        total = self.frame_count
+        if out.ndim != 4 or out.shape[0] < total or out.shape[1:] != (self.height, self.width, 3):
+            raise ValueError(f"out must be [{total}, {self.height}, {self.width}, 3], got {list(out.shape)}")
+        as_float = out.dtype.kind == "f"
+        scale = out.dtype.type(255.0) if as_float else None
+        done = 0
+        for img in self.iter_frames():
+            self._check_size(img, done)
+            if as_float:
+                np.divide(img, scale, out=out[done])
+            else:
+                out[done] = img
+            done += 1
+            if done % 8 == 0 or done == total:
+                if check_interrupt:
+                    check_interrupt()
+                if progress:
+                    progress(done, total)
+        return done
 
     def time_range(self) -> tuple[float, float]:
         """(start s, length s) of the source time the selected frames cover."""
@@ -350,7 +403,8 @@ class VideoSource:
     def read_all(self, progress: Callable[[int, int], None] | None = None,
                  check_interrupt: Callable[[], None] | None = None) -> np.ndarray:
         """All selected frames in one uint8 array (for short clips; long ones should stream)."""
-        return read_chunks_into(self.iter_chunks(32, check_interrupt), self.frame_count, self.height, self.width, progress)
+        out = np.empty((self.frame_count, self.height, self.width, 3), dtype=np.uint8)
+        return out[:self.read_into(out, progress, check_interrupt)]
 
 
 def read_chunks_into(chunks, total: int, height: int, width: int,

@@ -304,7 +304,8 @@ def write_mp4(
             if h % 2 or wd % 2:
                 batch = np.pad(batch, ((0, 0), (0, h % 2), (0, wd % 2), (0, 0)), mode="edge")
             w.add(batch)
-            last = batch[-1:]
+            last = batch[-1:].copy()  # one frame, not a view that keeps the whole chunk alive
+            del batch
             if progress:
                 progress(w.frames, max(total, w.frames))
         if w.frames == 0:

@@ -265,3 +265,23 @@ def test_rounded_timestamps_of_a_constant_rate_are_not_vfr(tmp_path: Path, d20: 
     np.testing.assert_allclose(src.read_all()[:, 0, 0, 0].astype(int), 8 * np.arange(30), atol=3)  # frame by frame
     real = video_io.VideoSource(d20)
     assert not real.timing.variable and real.notes == [] and real.timing.median_interval == pytest.approx(0.04)
+
+
+def test_read_into_float_is_frames_over_255(d20: Path, d20_frames: np.ndarray) -> None:
+    """Frames decoded straight into a float32 IMAGE-like array equal uint8 / 255 in float32
+    (one correctly rounded division either way, so exactly equal)."""
+    src = video_io.VideoSource(d20, skip_first=3, frame_cap=10)
+    out = np.full((10, 480, 480, 3), np.nan, np.float32)
+    calls: list[tuple[int, int]] = []
+    assert src.read_into(out, progress=lambda d, t: calls.append((d, t))) == 10
+    np.testing.assert_array_equal(out, d20_frames[3:13].astype(np.float32) / np.float32(255.0))
+    assert calls == [(8, 10), (10, 10)]
+    with pytest.raises(ValueError, match=r"out must be \[10, 480, 480, 3\]"):
+        src.read_into(np.empty((9, 480, 480, 3), np.float32))
+
+
+def test_chunks_are_separate_arrays(d20: Path, d20_frames: np.ndarray) -> None:
+    """A consumer may keep a chunk while the next is decoded (each is filled into a new array)."""
+    chunks = list(video_io.VideoSource(d20, frame_cap=20).iter_chunks(8))
+    assert [len(c) for c in chunks] == [8, 8, 4]
+    np.testing.assert_array_equal(np.concatenate(chunks), d20_frames[:20])

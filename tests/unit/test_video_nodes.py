@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import av
+import numpy as np
 import pytest
 
 from media_frames import VFR_MS, write_timed
@@ -61,6 +62,9 @@ def test_save_at_another_fps_than_the_stream_says_so(video_nodes, save_fps: floa
 def test_images_at_the_source_fps_have_no_notes_and_a_cut_is_reported(video_nodes) -> None:
     video, _ = video_nodes
     images, audio, fps, _, _ = video.DH_LoadVideo().load("d20.mp4", 0.0, 0, 25, 1, True)["result"]
+    with av.open(str(video_nodes[1].dirs["input"] / "d20.mp4")) as c:  # IMAGE = the decoded frames / 255
+        want = np.stack([f.to_ndarray(format="rgb24") for _, f in zip(range(25), c.decode(video=0))])
+    np.testing.assert_array_equal(images.numpy(), want.astype(np.float32) / np.float32(255.0))
     same = video.DH_SaveVideo().save(fps, "dh/same", "pad_or_trim", 23, "ultrafast", images=images, audio=audio)
     assert same["ui"]["text"] == []
     long_audio = dict(audio, waveform=audio["waveform"].repeat(1, 1, 3))  # 3 s of sound under 1 s of frames
