@@ -98,7 +98,7 @@ def decode_audio_stream(
                     take(resampler.resample(None))  # the old setup's buffered tail
                 if layout is None:
                     layout = frame.layout
-                elif frame.layout.nb_channels != layout.nb_channels or frame.layout != layout:
+                elif frame.layout != layout:
                     log.warning("[DigitalHuman] %s: the audio changes from %s to %s at %.2f s; the rest is "
                                 "converted to %s", path, layout.name, frame.layout.name, decoded_s, layout.name)
                 try:
