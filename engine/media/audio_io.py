@@ -45,12 +45,17 @@ def _open(path: str | os.PathLike) -> av.container.InputContainer:
         raise MediaError(f"'{p}': not a readable media file ({exc.strerror or exc})") from exc
 
 
+def channel_count(layout: av.AudioLayout) -> int:
+    """Channels of a layout (``nb_channels`` from PyAV 13 on, ``len(channels)`` before)."""
+    n = getattr(layout, "nb_channels", None)
+    return int(n) if n is not None else len(layout.channels)
+
+
 def packed_samples(frame: av.AudioFrame) -> np.ndarray:
     """A packed (interleaved) audio frame as a ``[C, n]`` view; planar frames are refused (see the module note)."""
     if frame.format.is_planar:
         raise ValueError(f"packed_samples needs a packed frame, got {frame.format.name}")
-    n_ch = frame.layout.nb_channels
-    return frame.to_ndarray().reshape(-1, n_ch).T
+    return frame.to_ndarray().reshape(-1, channel_count(frame.layout)).T
 
 
 def packed_frame(wave: np.ndarray, sample_rate: int, layout: str | av.AudioLayout) -> av.AudioFrame:
@@ -98,7 +103,7 @@ def decode_audio_stream(
                     take(resampler.resample(None))  # the old setup's buffered tail
                 if layout is None:
                     layout = frame.layout
-                elif frame.layout != layout:
+                elif frame.layout.name != layout.name:
                     log.warning("[DigitalHuman] %s: the audio changes from %s to %s at %.2f s; the rest is "
                                 "converted to %s", path, layout.name, frame.layout.name, decoded_s, layout.name)
                 try:
@@ -116,7 +121,7 @@ def decode_audio_stream(
             take(resampler.resample(None))
     except av.error.FFmpegError as exc:
         raise MediaError(f"'{path}': audio is damaged or truncated ({exc.strerror or exc})") from exc
-    n_ch = layout.nb_channels if layout is not None else int(cc.channels or 1)
+    n_ch = channel_count(layout) if layout is not None else int(cc.channels or 1)
     if not parts:
         return np.zeros((max(n_ch, 1), 0), dtype=np.float32), out_rate
     wave = np.concatenate(parts, axis=1)  # one copy, C-contiguous [C, T]
