@@ -17,8 +17,11 @@ reference's ``decoder.rand_noise`` is replaced by ours). Compared, in the non-st
 - one call of the decoder's estimator on a guided batch of two,
 - the mel of ``inference``,
 
-and, once, the default noise buffer each side builds at construction. Printed per comparison: the
-max abs difference and that difference relative to the reference's peak magnitude.
+then, as the reference's own streaming check (``flow.py``'s ``__main__``) and ``token2wav`` call
+it, ``inference`` on growing prefixes of the new tokens (one encoder chunk more each time, plus the
+look-ahead tokens, ``finalize`` only for the last), and, once, the default noise buffer each side
+builds at construction. Printed per comparison: the max abs difference and that difference
+relative to the reference's peak magnitude.
 """
 from __future__ import annotations
 
@@ -98,7 +101,18 @@ def make_inputs(cfg: dict[str, Any], n_prompt: int, n_tokens: int, seed: int) ->
     )
 
 
-def reference_outputs(flow: torch.nn.Module, x: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def prefix_calls(cfg: dict[str, Any], n_prompt: int, n_tokens: int) -> list[tuple[int, bool]]:
+    """(new tokens passed, finalize) of each streaming call: one encoder chunk more each time plus the
+    look-ahead tokens, the first hop padded so that every call ends on a chunk boundary of the whole
+    sequence (prompt included), as the reference's ``token2wav`` streaming pads it; the last call
+    passes everything with ``finalize``."""
+    chunk, lookahead = cfg["encoder"]["static_chunk_size"], cfg["pre_lookahead_len"]
+    pad = -n_prompt % chunk
+    ends = list(range(pad + chunk, n_tokens - lookahead, chunk))
+    return [(end + lookahead, False) for end in ends] + [(n_tokens, True)]
+
+
+def reference_outputs(flow: torch.nn.Module, x: dict[str, np.ndarray], calls: list[tuple[int, bool]]) -> dict[str, np.ndarray]:
     """The reference's encoder output, estimator output and mel for both modes."""
     T = {k: torch.from_numpy(v) for k, v in x.items()}
     tokens = torch.cat([T["prompt_token"], T["token"]], dim=1)
@@ -126,10 +140,20 @@ def reference_outputs(flow: torch.nn.Module, x: dict[str, np.ndarray]) -> dict[s
                                     embedding=T["embedding"], **kw)
             print(f"reference inference {mode}: {1000 * (time.perf_counter() - t0):.0f} ms")
             out[f"mel_{mode}"] = mel.numpy()
+        for k, (n_new, finalize) in enumerate(calls):
+            tok = T["token"][:, :n_new].int()
+            mel, _ = flow.inference(token=tok, token_len=torch.tensor([n_new], dtype=torch.int32),
+                                    prompt_token=T["prompt_token"].int(),
+                                    prompt_token_len=torch.tensor([T["prompt_token"].size(1)], dtype=torch.int32),
+                                    prompt_feat=T["prompt_feat"],
+                                    prompt_feat_len=torch.tensor([T["prompt_feat"].size(1)], dtype=torch.int32),
+                                    embedding=T["embedding"], streaming=True, finalize=finalize)
+            out[f"mel_prefix{k}"] = mel.numpy()
     return out
 
 
-def our_outputs(flow: FL.CausalMaskedDiffWithXvec, x: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def our_outputs(flow: FL.CausalMaskedDiffWithXvec, x: dict[str, np.ndarray],
+                calls: list[tuple[int, bool]]) -> dict[str, np.ndarray]:
     T = {k: torch.from_numpy(v) for k, v in x.items()}
     tokens = torch.cat([T["prompt_token"], T["token"]], dim=1)
     mask = torch.ones(2, 1, T["est_x"].size(2))
@@ -143,6 +167,10 @@ def our_outputs(flow: FL.CausalMaskedDiffWithXvec, x: dict[str, np.ndarray]) -> 
             out[f"mel_{mode}"] = flow.inference(T["token"], T["prompt_token"], T["prompt_feat"], T["embedding"],
                                                 noise=T["noise"], **kw).numpy()
             print(f"ours      inference {mode}: {1000 * (time.perf_counter() - t0):.0f} ms")
+        for k, (n_new, finalize) in enumerate(calls):
+            out[f"mel_prefix{k}"] = flow.inference(T["token"][:, :n_new], T["prompt_token"], T["prompt_feat"],
+                                                   T["embedding"], streaming=True, finalize=finalize,
+                                                   noise=T["noise"]).numpy()
     return out
 
 
@@ -185,11 +213,25 @@ def main() -> None:
     print(f"size {args.size}: {sum(t.numel() for t in state.values()):,} parameters, {len(state)} keys; "
           f"{n_prompt} prompt + {n_tokens} new tokens; default noise buffers identical: {same_noise}")
     inputs = make_inputs(cfg, n_prompt, n_tokens, args.seed + 1)
-    ref_out = reference_outputs(reference, inputs)
-    our_out = our_outputs(ours, inputs)
+    calls = prefix_calls(cfg, n_prompt, n_tokens)
+    ref_out = reference_outputs(reference, inputs, calls)
+    our_out = our_outputs(ours, inputs, calls)
     rows = compare(our_out, ref_out)
+    # the reference's own streaming property, on each side: every mid-stream call reproduces the
+    # final call's mel for the chunk it adds (the frames of later chunks do not exist yet)
+    ratio, lookahead = cfg["token_mel_ratio"], cfg["pre_lookahead_len"]
+    whole = {}
+    for side, out in (("reference", ref_out), ("ours", our_out)):
+        final, start, worst = out[f"mel_prefix{len(calls) - 1}"], 0, 0.0
+        for k, (n_new, _) in enumerate(calls[:-1]):
+            end = (n_new - lookahead) * ratio
+            worst = max(worst, float(np.abs(out[f"mel_prefix{k}"][:, :, start:end] - final[:, :, start:end]).max()))
+            start = end
+        whole[side] = worst
+        print(f"{side:9s} {len(calls) - 1} mid-stream calls vs the final call, the chunk each adds: max abs {worst:.3e}")
     if args.json:
-        args.json.write_text(json.dumps(dict(size=args.size, same_default_noise=same_noise, rows=rows), indent=1))
+        args.json.write_text(json.dumps(dict(size=args.size, same_default_noise=same_noise, rows=rows,
+                                             prefix_consistency=whole), indent=1))
     if args.write_fixture:
         if not small:
             raise SystemExit("--write-fixture: only the small configuration makes a fixture small enough to commit")

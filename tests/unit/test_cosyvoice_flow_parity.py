@@ -35,6 +35,7 @@ from comfyui_digitalhuman.engine.cosyvoice.random_flow import random_flow, rando
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures" / "cosyvoice" / "flow_reference.npz"
 U = 2.0 ** -24
+ESTIMATOR_INPUTS = ("est_x", "est_mu", "est_t", "est_spks", "est_cond")
 MODES = {"offline": dict(streaming=False, finalize=True), "stream": dict(streaming=True, finalize=False)}
 
 
@@ -69,17 +70,19 @@ def bound(cfg: dict, what: str, peak: float) -> float:
     return 4 * U * math.sqrt(k_max / 2) * math.sqrt(depths(cfg)[what]) * gain * peak
 
 
-def ours(flow, fix: dict, mode: str) -> dict[str, np.ndarray]:
-    T = {k: torch.from_numpy(fix[k]) for k in ("token", "prompt_token", "prompt_feat", "embedding", "noise",
-                                               "est_x", "est_mu", "est_t", "est_spks", "est_cond")}
+def ours(flow, fix: dict, mode: str, device: str = "cpu") -> dict[str, np.ndarray]:
+    """Our encoder output, one estimator call and the mel on the fixture's inputs, as float32 NumPy."""
+    dt = flow.dtype
+    x, mu, t, spks, cond = (torch.from_numpy(fix[k]).to(device, dt) for k in ESTIMATOR_INPUTS)
     kw = MODES[mode]
     with torch.inference_mode():
-        tokens = torch.cat([T["prompt_token"], T["token"]], dim=1)
-        est = flow.decoder.estimator(T["est_x"], torch.ones(2, 1, T["est_x"].size(2)), T["est_mu"], T["est_t"],
-                                     T["est_spks"], T["est_cond"], streaming=kw["streaming"])
-        return dict(encoder=flow.encode(tokens, **kw).numpy(), estimator=est.numpy(),
-                    mel=flow.inference(T["token"], T["prompt_token"], T["prompt_feat"], T["embedding"],
-                                       noise=T["noise"], **kw).numpy())
+        tokens = torch.from_numpy(np.concatenate([fix["prompt_token"], fix["token"]], axis=1)).to(device)
+        est = flow.decoder.estimator(x, torch.ones(2, 1, x.size(2), device=device, dtype=dt), mu, t, spks, cond,
+                                     streaming=kw["streaming"])
+        mel = flow.inference(*(torch.from_numpy(fix[k]) for k in ("token", "prompt_token", "prompt_feat", "embedding")),
+                             noise=torch.from_numpy(fix["noise"]), **kw)
+        return dict(encoder=flow.encode(tokens, **kw).float().cpu().numpy(), estimator=est.float().cpu().numpy(),
+                    mel=mel.cpu().numpy())
 
 
 def test_fixture_weights_regenerate_bit_for_bit(fix, cfg):
@@ -121,3 +124,28 @@ def test_tolerance_rejects_a_wrong_mapping(fix, cfg, first, second):
         ref = fix[f"ref_{what}_offline"]
         ratios[what] = float(np.abs(value - ref).max()) / bound(cfg, what, float(np.abs(ref).max()))
     assert max(ratios.values()) > 10, ratios
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_fp32_matches_reference_and_fp16_stays_close(fix, cfg):
+    """On CUDA with TF32 off (TF32 keeps 10 mantissa bits, not fp32's 23) the same fp32 bound holds;
+    fp16 weights give a float32 mel that follows the fp32 one."""
+    flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        flow = random_flow(cfg, seed=int(fix["seed"])).cuda()
+        for mode in MODES:
+            got = ours(flow, fix, mode, "cuda")
+            for what, value in got.items():
+                ref = fix[f"ref_{what}_{mode}"]
+                diff = float(np.abs(value.astype(np.float64) - ref).max())
+                assert diff <= bound(cfg, what, float(np.abs(ref).max())), (what, mode, diff)
+        half = random_flow(cfg, seed=int(fix["seed"]), dtype=torch.float16).cuda()
+        mel16 = ours(half, fix, "stream", "cuda")["mel"]
+        ref = fix["ref_mel_stream"]
+        assert mel16.dtype == np.float32 and np.isfinite(mel16).all()
+        assert np.corrcoef(mel16.ravel(), ref.ravel())[0, 1] > 0.98
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
+
