@@ -99,7 +99,10 @@ def main() -> None:
     qwen2, qwen25 = work / "qwen2", work / "qwen25"
     R.write_tiny_tokenizer(qwen2)
     R.write_tiny_tokenizer(qwen25, added_tokens=QWEN25_LIKE_ADDED)
-    record = {"encode_samples": ENCODE_SAMPLES, "tokenizers": {"qwen2": tokenizer_record(ref_tokenizer, qwen2),
+    from importlib.metadata import version
+
+    record = {"versions": {n: version(n) for n in ("wetext", "inflect", "transformers", "tokenizers")},
+              "encode_samples": ENCODE_SAMPLES, "tokenizers": {"qwen2": tokenizer_record(ref_tokenizer, qwen2),
                                                                 "qwen25_like": tokenizer_record(ref_tokenizer, qwen25)}}
     engine = inflect.engine()
     record["number_to_words"] = {n: engine.number_to_words(n) for n in NUMBERS}

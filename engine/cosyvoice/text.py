@@ -38,7 +38,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 
@@ -361,7 +361,11 @@ class TextFrontend:
         return "".join(out)
 
     def normalize(self, text: str, split: bool = True, text_frontend: bool = True) -> list[str] | str:
-        """The pieces to synthesise one by one (``split``), or the normalised text."""
+        """The pieces to synthesise one by one (``split``), or the normalised text. A text that is still
+        arriving (an iterator of strings, for bistream synthesis) passes through as ``[text]``, as in
+        the reference."""
+        if isinstance(text, Iterator):
+            return [text]
         if not isinstance(text, str):
             raise TypeError(f"text: expected a string, got {type(text).__name__}")
         if "<|" in text and "|>" in text:
