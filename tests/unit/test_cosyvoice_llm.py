@@ -121,6 +121,17 @@ def test_small_file_round_trips_through_the_loader(small, small_file):
     assert model.llm.model.lm_head.weight is model.llm.model.model.embed_tokens.weight
 
 
+def test_untied_file_loads_lm_heads_values_into_both_as_the_reference(small, small_file):
+    """Were the two tied keys different in a file, the reference's copying strict load writes
+    ``lm_head.weight`` last into the one shared tensor: text embeddings then use those values."""
+    _, state = small_file
+    state = dict(state)
+    state["llm.model.model.embed_tokens.weight"] = torch.zeros_like(state["llm.model.lm_head.weight"])
+    model = L.load_llm(state, *small)
+    assert model.llm.model.lm_head.weight is model.llm.model.model.embed_tokens.weight
+    assert torch.equal(model.llm.model.model.embed_tokens.weight, state["llm.model.lm_head.weight"])
+
+
 @pytest.mark.parametrize("change, needle", [
     ("drop", "missing key 'llm.model.model.layers.1.mlp.up_proj.weight'"),
     ("extra", "unexpected key 'llm.model.model.layers.9.mlp.up_proj.weight'"),
