@@ -36,6 +36,7 @@ import contextlib
 import functools
 import hashlib
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -132,7 +133,8 @@ def _from_config(ref_llm_module, on_meta: bool):
 
 def build_reference(ref_dir: Path, weights: Path, cfg_llm: dict, qwen2_cfg: dict, full: bool):
     ref_llm, ref_common = _import_reference(ref_dir)
-    blank = Path(tempfile.mkdtemp(prefix="blanken-"))
+    blank = weights.parent / "CosyVoice-BlankEN"
+    blank.mkdir(exist_ok=True)
     (blank / "config.json").write_text(json.dumps({k: v for k, v in qwen2_cfg.items() if not k.startswith("_")}))
     s = cfg_llm["sampling"]
     sampling = functools.partial(ref_common.ras_sampling, top_p=s["top_p"], top_k=s["top_k"],
@@ -330,7 +332,7 @@ def with_reference(args: argparse.Namespace) -> None:
                             ref_tokens=np.array(ref_tokens, dtype=np.int64),
                             ref_bistream_tokens=np.array(ref_bi or [], dtype=np.int64))
         print(f"  recorded in {args.out}")
-    weights.unlink()
+    shutil.rmtree(work, ignore_errors=True)
 
 
 def against(args: argparse.Namespace) -> None:

@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import functools
 import json
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -107,6 +108,7 @@ def main() -> None:
     engine = inflect.engine()
     record["number_to_words"] = {n: engine.number_to_words(n) for n in NUMBERS}
     fe = reference_frontend(ref_frontend, ref_tokenizer, qwen2)
+    shutil.rmtree(work, ignore_errors=True)  # both tokenizers are in memory now
     cases = []
     for text in TEXTS:
         case = {"text": text}
