@@ -102,7 +102,15 @@ class Snake(nn.Module):
             inv = 1.0 / (alpha + self.EPS)
         else:
             inv = (1.0 / (alpha.float() + self.EPS)).clamp(max=torch.finfo(alpha.dtype).max).to(alpha.dtype)
-        return x + inv * torch.pow(torch.sin(x * alpha), 2)
+        if torch.is_grad_enabled() and (x.requires_grad or alpha.requires_grad):
+            return x + inv * torch.pow(torch.sin(x * alpha), 2)
+        # the same operations in place on one buffer (bit-identical, about twice as fast on a
+        # CPU: Snake is half of HiFT's time and mostly memory traffic)
+        s = torch.mul(x, alpha)
+        s.sin_()
+        s.mul_(s)
+        s.mul_(inv)
+        return s.add_(x)
 
 
 class ResBlock(nn.Module):
