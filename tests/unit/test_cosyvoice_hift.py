@@ -295,6 +295,12 @@ def test_snake_half_precision_near_zero_alpha_is_finite():
     s32 = H.Snake(3)
     with torch.no_grad():
         s32.alpha.copy_(torch.tensor([0.5, 1.0, 2.0]))
-    x = torch.randn(1, 3, 5, generator=torch.Generator().manual_seed(0))
-    a = s32.alpha.view(1, -1, 1)
-    assert torch.equal(s32(x), x + (1.0 / (a + 1e-9)) * torch.pow(torch.sin(x * a), 2))
+    x = torch.randn(1, 3, 500, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a = s32.alpha.view(1, -1, 1)
+        expect = x + (1.0 / (a + 1e-9)) * torch.pow(torch.sin(x * a), 2)
+        assert torch.equal(s32(x), expect)  # the in-place form
+    with torch.inference_mode():
+        assert torch.equal(s32(x), expect)
+    y = s32(x.clone().requires_grad_(True))  # with autograd: the out-of-place form, same values
+    assert y.requires_grad and torch.equal(y.detach(), expect)
