@@ -25,7 +25,6 @@ from pathlib import Path
 import torch
 
 import _pack  # noqa: F401  (registers comfyui_digitalhuman; scripts/ is on sys.path)
-from comfyui_digitalhuman.engine.cosyvoice import hift as H
 from comfyui_digitalhuman.engine.cosyvoice import random_hift as R
 
 FRAMES_PER_SECOND = 50
