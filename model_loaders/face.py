@@ -15,7 +15,9 @@ from pathlib import Path
 import torch
 
 from ..engine.face.analyzer import FaceAnalyzer
+from ..engine.face.tflite_reader import TFLiteFormatError
 from .download import ensure_model
+from .weights_io import ADVICE, WeightFileError
 
 CATALOG_IDS = ("face.detection_short_range", "face.detection_full_range", "face.landmark_mesh")
 
@@ -43,7 +45,10 @@ def default_device() -> torch.device:
 
 @lru_cache(maxsize=4)
 def _cached(device: str, dtype: torch.dtype, weights_dir: str, detector: str) -> FaceAnalyzer:
-    return FaceAnalyzer(device=device, dtype=dtype, weights_dir=weights_dir, detector=detector)
+    try:
+        return FaceAnalyzer(device=device, dtype=dtype, weights_dir=weights_dir, detector=detector)
+    except TFLiteFormatError as exc:  # names the file; add the way out
+        raise WeightFileError(f"{exc}. {ADVICE}") from exc
 
 
 def load_face_analyzer(device: str | torch.device | None = None, dtype: torch.dtype = torch.float32,

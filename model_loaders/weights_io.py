@@ -13,7 +13,7 @@ import pickle
 from pathlib import Path
 from typing import Any
 
-_ADVICE = ("Delete it and run again: a catalogued file is then downloaded afresh (scripts/fetch_models.py --verify "
+ADVICE = ("Delete it and run again: a catalogued file is then downloaded afresh (scripts/fetch_models.py --verify "
            "checks every file in place); a file of your own must be replaced.")
 
 
@@ -53,7 +53,7 @@ def unreadable(path: Path, what: str, exc: BaseException) -> WeightFileError:
     except OSError:
         size = ""
     return WeightFileError(f"cannot read {what} '{path}'{size}: {_reason(Path(path), exc)}. The file is damaged, incomplete or "
-                           f"not the expected kind of file. {_ADVICE}")
+                           f"not the expected kind of file. {ADVICE}")
 
 
 def load_weight_file(path: str | Path, what: str = "weights file", mmap: bool = True) -> Any:

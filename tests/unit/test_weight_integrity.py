@@ -257,3 +257,21 @@ def test_saved_avatar_that_cannot_be_read_names_its_file(tmp_path):
     _garbage_header(tmp_path / "avatar.safetensors")
     with pytest.raises(ValueError, match=r"avatar\.safetensors: cannot read the saved avatar.*header too large"):
         AvatarCache.load(tmp_path)
+
+
+def test_unreadable_face_model_names_the_file(tmp_path, monkeypatch):
+    """A face model the catalogue cannot vouch for (here: size and sha256 unknown) that is not a TFLite file."""
+    from comfyui_digitalhuman.model_loaders import face
+
+    monkeypatch.setenv("DH_OFFLINE", "1")
+    for mid in face.CATALOG_IDS:
+        entry = dataclasses.replace(catalog.get_model(mid), size=None, sha256=None)
+        monkeypatch.setitem(catalog._default_catalog(), mid, entry)
+        _place(tmp_path, entry, b"not a tflite model at all")
+    monkeypatch.setenv("DH_MODELS_DIR", str(tmp_path))
+    face._cached.cache_clear()
+    with pytest.raises(WeightFileError) as err:
+        face.load_face_analyzer(device="cpu")
+    face._cached.cache_clear()
+    msg = str(err.value)
+    assert str(tmp_path / "face_analysis") in msg and "is not a TFLite model" in msg and "Delete it" in msg
