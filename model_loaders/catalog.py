@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 CATALOG_DIR = Path(__file__).resolve().parent / "catalog"
 
 #: ComfyUI ``models/`` sub-folders the catalogue may place files in.
-FOLDERS: tuple[str, ...] = ("liveportrait", "musetalk", "vae", "audio_encoders", "face_analysis", "latentsync")
+FOLDERS: tuple[str, ...] = ("liveportrait", "musetalk", "vae", "audio_encoders", "face_analysis", "latentsync", "cosyvoice")
 
 #: Fields every entry must spell out (``local``, ``pip`` and ``urls`` are optional).
 REQUIRED_FIELDS: tuple[str, ...] = (

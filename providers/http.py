@@ -123,6 +123,24 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, dt.timestamp() - (time.time() if now is None else now))
 
 
+def _detail_error(detail: Any) -> Any:
+    """``{"detail": {"status", "message"}}`` or ``{"detail": [{"loc", "msg", "type"}]}`` as an error dict."""
+    if isinstance(detail, dict):
+        return {"message": detail.get("message") or detail.get("msg") or json.dumps(detail)[:500],
+                "code": detail.get("status") or detail.get("code"), "type": detail.get("type")}
+    if isinstance(detail, list):
+        parts = []
+        for d in detail[:5]:
+            if isinstance(d, dict):
+                loc = ".".join(str(x) for x in d.get("loc", []) if x != "body")
+                parts.append(f"{loc}: {d.get('msg', '')}" if loc else str(d.get("msg", "")))
+            else:
+                parts.append(str(d))
+        return {"message": "; ".join(parts) or "invalid request", "code": None,
+                "type": (detail[0].get("type") if detail and isinstance(detail[0], dict) else None)}
+    return detail
+
+
 def error_message(resp: requests.Response) -> tuple[str, str | None, str | None]:
     """(message, type, code) from an error response: OpenAI's ``{"error": {...}}`` or similar bodies."""
     try:
@@ -131,6 +149,8 @@ def error_message(resp: requests.Response) -> tuple[str, str | None, str | None]
         text = (resp.text or "").strip()
         return (text[:500] or resp.reason or "no message"), None, None
     err = body.get("error", body) if isinstance(body, dict) else body
+    if isinstance(err, dict) and not err.get("message") and "detail" in err:
+        err = _detail_error(err["detail"])  # FastAPI-style APIs (ElevenLabs)
     if isinstance(err, dict):
         msg = err.get("message") or err.get("detail") or err.get("msg") or json.dumps(err)[:500]
         code = err.get("code")
@@ -213,8 +233,12 @@ class HttpClient:
 
     # -- the request loop ------------------------------------------------------------------
     def request(self, method: str, path: str, *, json_body: Any = None, data: Any = None,
-                files: Any = None, expect_json: bool = True) -> Any:
-        """Send ``method path`` with retries; return the parsed JSON (or the Response)."""
+                files: Any = None, expect_json: bool = True, stream: bool = False) -> Any:
+        """Send ``method path`` with retries; return the parsed JSON (or the Response).
+
+        ``stream=True`` (with ``expect_json=False``) returns once the headers of a successful answer
+        are in; the caller reads the body as it arrives and closes the response.
+        """
         url = path if path.startswith(("http://", "https://")) else f"{self.base_url}/{path.lstrip('/')}"
         pol = self.retry
         attempt = 0
@@ -225,7 +249,7 @@ class HttpClient:
             self._log(logging.DEBUG, "%s %s %s try %d/%d", self.service, method, url, attempt, pol.max_tries)
             delay: float | None = None
             try:
-                resp = self._send(method, url, json=json_body, data=data, files=files)
+                resp = self._send(method, url, json=json_body, data=data, files=files, stream=stream)
             except requests.exceptions.ConnectTimeout as exc:
                 failure = ApiError(self.service, 0, self.redact(f"could not connect within {self.connect_timeout_s:g} s ({type(exc).__name__})"), url=url, attempts=attempt)
             except requests.exceptions.ReadTimeout:

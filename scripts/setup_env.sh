@@ -29,6 +29,19 @@ if [ ! -f "$stamp" ]; then
   touch "$stamp"
 fi
 
+# A browser for the web tests: Debian's chromium, driven by Playwright (never its own download).
+if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1; then
+    echo "[setup] installing Debian's chromium for the browser tests"
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 \
+      || { $SUDO apt-get update -q >/dev/null 2>&1 && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; } \
+      || echo "[setup] could not install chromium; the browser tests will say so" >&2
+  else
+    echo "[setup] no chromium and no apt-get: install Chromium for the browser tests" >&2
+  fi
+fi
+
 if [ -n "${COMFYUI_PATH:-}" ]; then
   [ -f "$COMFYUI_PATH/main.py" ] || { echo "[setup] COMFYUI_PATH=$COMFYUI_PATH has no main.py" >&2; exit 1; }
   cstamp="$VENV/.dh-comfy-$(sha256sum "$COMFYUI_PATH/requirements.txt" | cut -c1-16)"
