@@ -8,6 +8,7 @@ networks ``campplus.onnx`` and ``speech_tokenizer_v2.onnx``.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Callable
@@ -20,6 +21,7 @@ from ..engine.cosyvoice import llm as llm_mod
 from ..engine.cosyvoice.config import load_config
 from ..engine.cosyvoice.pipeline import CosyVoiceModel
 from ..engine.cosyvoice.text import QwenTextTokenizer, TextFrontend
+from .weights_io import ADVICE
 
 #: Catalogue ids of what synthesis needs, by role.
 CATALOG_IDS = {
@@ -68,13 +70,23 @@ def load_cosyvoice(files: dict[str, Path], device: str | torch.device = "cpu",
         if Path(files[role]).parent != folder:
             raise ValueError(f"the CosyVoice tokenizer files must sit in one folder: {files['qwen_vocab']} and {files[role]}")
     tokenizer = QwenTextTokenizer(folder)
-    llm = llm_mod.load_llm(files["llm"], cfg["llm"], cfg["qwen2"], device=device, dtype=dtype)
-    flow = flow_mod.load_flow(files["flow"], cfg["flow"], dtype=dtype, device=device)
-    hift = hift_mod.load_hift(files["hift"], cfg["hift"]).to(device)
+    with _named_advice():
+        llm = llm_mod.load_llm(files["llm"], cfg["llm"], cfg["qwen2"], device=device, dtype=dtype)
+        flow = flow_mod.load_flow(files["flow"], cfg["flow"], dtype=dtype, device=device)
+        hift = hift_mod.load_hift(files["hift"], cfg["hift"]).to(device)
     if dtype != torch.float32:
         hift.set_precision(dtype)
     return CosyVoiceModel(llm=llm, flow=flow, hift=hift, tokenizer=tokenizer, frontend=TextFrontend(tokenizer),
                           cfg=cfg, sample_rate=int(cfg["sample_rate"]))
+
+
+@contextlib.contextmanager
+def _named_advice():
+    """The engine's loaders name the file and the first bad key; add what the user can do."""
+    try:
+        yield
+    except ValueError as exc:
+        raise ValueError(f"{exc}. {ADVICE}") from exc
 
 
 class CosyVoiceBundle(torch.nn.Module):
