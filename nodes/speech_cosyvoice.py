@@ -65,6 +65,41 @@ def saved_voices() -> list[str]:
     return sorted(names)
 
 
+def builtin_voices() -> dict:
+    """``data/cosyvoice_voices.json``: voices cloned once from a published clip and its transcript."""
+    import json
+
+    from ..model_loaders.folders import PACK_ROOT
+
+    data = json.loads((PACK_ROOT / "data" / "cosyvoice_voices.json").read_text(encoding="utf-8"))
+    return {k: v for k, v in data.items() if not k.startswith("_")}
+
+
+def builtin_voice(name: str):
+    """The built-in voice ``name``: its saved clone, or cloned now from its published clip (downloaded
+    through the catalogue with the two ONNX networks) and saved for next time."""
+    from ..engine.cosyvoice.config import load_config
+    from ..engine.cosyvoice.pipeline import clone_voice
+    from ..engine.cosyvoice.voice import load_voice, save_voice
+    from ..engine.media.audio_io import load_audio
+    from ..model_loaders import cosyvoice as loader
+    from ..model_loaders.download import ensure_model
+
+    path = voice_path(name)
+    if path.is_file():
+        return load_voice(path)
+    spec = builtin_voices()[name]
+    fetch = lambda mid: ensure_model(mid, progress=Progress(1), check_interrupt=check_interrupt)  # noqa: E731
+    clip = fetch(spec["catalog_id"])
+    wave, sr = load_audio(clip)
+    tokenizer, speaker = loader.load_cloner(loader.ensure_files(fetch, loader.CLONE_IDS))
+    voice, _ = clone_voice(wave, sr, spec["transcript"], tokenizer, speaker, cfg=load_config())
+    voice.meta.update(builtin=name, source=spec["catalog_id"])
+    save_voice(voice, path)
+    log.info("[DigitalHuman] CosyVoice: built-in voice '%s' cloned from %s and saved as %s", name, clip, path)
+    return voice
+
+
 def voice_path(name: str) -> Path:
     from ..engine.cosyvoice.voice import check_voice_name
 
@@ -151,25 +186,34 @@ class DH_CosyVoiceClone:
 class DH_CosyVoiceLoadVoice:
     @classmethod
     def INPUT_TYPES(cls):
+        builtin = list(builtin_voices())
         try:
-            names = saved_voices()
-        except Exception:  # noqa: BLE001 - no models folder yet: an empty list, not a broken node
+            names = [n for n in saved_voices() if n not in builtin]
+        except Exception:  # noqa: BLE001 - no models folder yet: the built-in voices only, not a broken node
             names = []
-        return {"required": {"voice_name": (names or ["(no saved voices)"], {"tooltip": "A voice saved by CosyVoice Clone (models/cosyvoice/voices)."})}}
+        return {"required": {"voice_name": (builtin + names, {
+            "default": builtin[0] if builtin else None,
+            "tooltip": "A voice saved by CosyVoice Clone (models/cosyvoice/voices), or a built-in one: 'default' is the "
+                       "CosyVoice reference's own example voice (a Chinese woman's; English works in cross_lingual mode), "
+                       "cloned on first use."})}}
 
     RETURN_TYPES = (VOICE_TYPE,)
     RETURN_NAMES = ("voice",)
     OUTPUT_TOOLTIPS = ("The saved voice, for CosyVoice Speak.",)
     FUNCTION = "load"
     CATEGORY = CAT_SPEECH
-    DESCRIPTION = "Loads a voice saved by CosyVoice Clone; no reference clip and no ONNX network is needed."
+    DESCRIPTION = ("Loads a voice saved by CosyVoice Clone (no reference clip and no ONNX network needed), or a built-in "
+                   "voice, so a script can be spoken without a recording of one's own.")
 
     def load(self, voice_name: str):
         from ..engine.cosyvoice.voice import load_voice
 
-        if voice_name == "(no saved voices)":
-            raise ValueError("voice_name: no voice has been saved yet; clone one with CosyVoice Clone and a save_name")
-        return (load_voice(voice_path(voice_name)),)
+        if voice_name in builtin_voices():
+            return (builtin_voice(voice_name),)
+        path = voice_path(voice_name)
+        if not path.is_file():
+            raise ValueError(f"voice_name: no saved voice '{voice_name}' in {path.parent}; clone one with CosyVoice Clone and a save_name")
+        return (load_voice(path),)
 
 
 class DH_CosyVoiceSpeak:

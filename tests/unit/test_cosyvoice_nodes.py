@@ -12,6 +12,22 @@ from fakehub import FakeHub, serve_model
 from tiny_cosyvoice import model_files, small_config, write_config
 
 
+def serve_url_model(store, model_id: str, data: bytes, monkeypatch):
+    """Serve ``data`` where catalogue entry ``model_id``'s first URL points, on the loopback
+    ``store``, and patch the entry (URL, size, sha256) for the test's duration."""
+    import dataclasses
+    import hashlib
+
+    from comfyui_digitalhuman.model_loaders import catalog
+
+    entry = catalog.get_model(model_id)
+    store.add_url(entry.urls[0], data)
+    local = dataclasses.replace(entry, urls=(store.rebase(entry.urls[0]),), size=len(data),
+                                sha256=hashlib.sha256(data).hexdigest())
+    monkeypatch.setitem(catalog._default_catalog(), model_id, local)
+    return local
+
+
 @pytest.fixture()
 def cv_env(comfy_env, monkeypatch, tmp_path):
     files = model_files(small_config())
@@ -84,8 +100,8 @@ def test_bad_inputs_fail_before_work(cv_env, reference):
     short = {"waveform": reference["waveform"][:, :, :2000], "sample_rate": reference["sample_rate"]}
     with pytest.raises(ValueError, match="at least 1 s"):
         N.DH_CosyVoiceClone().clone(short, "x", "")
-    with pytest.raises(ValueError, match="no voice has been saved"):
-        N.DH_CosyVoiceLoadVoice().load("(no saved voices)")
+    with pytest.raises(ValueError, match="no saved voice 'Nobody'"):
+        N.DH_CosyVoiceLoadVoice().load("Nobody")
     (model,) = N.DH_LoadCosyVoice().load("fp32", "cpu")
     voice = N.DH_CosyVoiceClone().clone(reference, "", "")["result"][0]
     with pytest.raises(ValueError, match="nothing to say"):
@@ -103,3 +119,28 @@ def test_cancel_stops_speaking(cv_env, reference):
     env.interrupt()
     with pytest.raises(mm.InterruptProcessingException):
         N.DH_CosyVoiceSpeak().speak(model, voice, "hello world, a sentence to cancel.", "zero_shot", 1.0, 0)
+
+
+def test_builtin_default_voice_is_cloned_once_from_its_published_clip(cv_env, testdata, monkeypatch):
+    """'default' comes from the reference's example clip (a catalogue URL file; here a real speech clip
+    stands in for it), cloned with its transcript on first use and then loaded from the saved file."""
+    import io
+
+    from fakestorage import FakeStorage  # loopback stand-in for the clip's web host
+
+    N, hub, env = cv_env
+    wav, sr = sf.read(str(testdata / "yongen.wav"), dtype="float32", frames=48000 * 3)
+    buf = io.BytesIO()
+    sf.write(buf, wav, sr, format="WAV")
+    with FakeStorage() as store:
+        serve_url_model(store, "cosyvoice.example_voice_zh", buf.getvalue(), monkeypatch)
+        spec = N.DH_CosyVoiceLoadVoice.INPUT_TYPES()["required"]["voice_name"]
+        assert spec[0][0] == "default" and spec[1]["default"] == "default"
+        (voice,) = N.DH_CosyVoiceLoadVoice().load("default")
+        assert voice.transcript == N.builtin_voices()["default"]["transcript"]
+        saved = env.dirs["models"] / "cosyvoice" / "voices" / "default.safetensors"
+        assert saved.is_file()
+        fetched = store.count("zero_shot_prompt")
+        (again,) = N.DH_CosyVoiceLoadVoice().load("default")
+        assert store.count("zero_shot_prompt") == fetched  # the saved clone is used, nothing fetched again
+        np.testing.assert_array_equal(again.speech_tokens, voice.speech_tokens)
