@@ -89,6 +89,12 @@ def whisper_encoder_state(state: dict[str, torch.Tensor], source: str = "whisper
 
 
 def _on_meta(build: Callable[[], torch.nn.Module]) -> torch.nn.Module:
+    """``build()`` with parameters on the meta device. The model libraries are imported first: a
+    module imported inside the meta context makes its import-time tensors without data (torchaudio,
+    which transformers imports, keeps one that Kaldi fbank needs: voice cloning would then fail)."""
+    import diffusers  # noqa: F401
+    import transformers  # noqa: F401
+
     with torch.device("meta"):
         return build()
 

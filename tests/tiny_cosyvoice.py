@@ -131,3 +131,34 @@ def write_config(path: Path, cfg: dict | None = None) -> Path:
     """The small configuration as a ``DH_COSYVOICE_CONFIG`` file."""
     Path(path).write_text(json.dumps(cfg or small_config(), indent=1, ensure_ascii=False), encoding="utf-8")
     return Path(path)
+
+
+def example_voice_wav(testdata: Path, seconds: float = 3.0) -> bytes:
+    """A stand-in for the reference's example clip (the built-in 'default' voice): real speech from
+    the shared test media, as a WAV file."""
+    import soundfile as sf
+
+    wav, sr = sf.read(str(Path(testdata) / "yongen.wav"), dtype="float32", frames=int(48000 * seconds))
+    buf = io.BytesIO()
+    sf.write(buf, wav, sr, format="WAV")
+    return buf.getvalue()
+
+
+def serve_cosyvoice(hub, storage, overrides_dir: Path, testdata: Path, config_path: Path, seed: int = 0) -> Path:
+    """Serve a small CosyVoice 2 on the fake hub and the default voice's clip on the fake web host,
+    write their override entries, and write the small configuration (``DH_COSYVOICE_CONFIG``)."""
+    import hashlib
+
+    from comfyui_digitalhuman.model_loaders.catalog import CATALOG_DIR, get_model
+    from tiny_models import publish, write_overrides
+
+    cfg = small_config()
+    publish(hub, model_files(cfg, seed), overrides_dir)
+    mid = "cosyvoice.example_voice_zh"
+    data = example_voice_wav(testdata)
+    url = get_model(mid).urls[0]
+    storage.add_url(url, data)
+    raw = next(e for e in json.loads((CATALOG_DIR / "cosyvoice.json").read_text()) if e["id"] == mid)
+    raw.update(urls=[storage.rebase(url)], size=len(data), sha256=hashlib.sha256(data).hexdigest())
+    write_overrides(overrides_dir, "cosyvoice", [raw])
+    return write_config(config_path, cfg)

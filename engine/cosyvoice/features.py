@@ -128,6 +128,10 @@ def campplus_fbank(speech_16k: torch.Tensor | np.ndarray) -> torch.Tensor:
     // 160), mean-subtracted over time."""
     import torchaudio.compliance.kaldi as kaldi
 
+    if kaldi.EPSILON.is_meta:
+        # torchaudio was first imported inside some code's ``torch.device("meta")`` block (another
+        # node pack's, say): its float epsilon then has no data. Remake it, as torchaudio defines it.
+        kaldi.EPSILON = torch.tensor(torch.finfo(torch.float).eps)
     fe = _cfg()["frontend"]
     audio = _mono_float(speech_16k, "prompt audio (16 kHz)")
     sr = int(fe["campplus_sample_rate"])

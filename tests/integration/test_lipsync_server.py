@@ -69,6 +69,26 @@ def test_main_job_command_runs_the_talking_head_workflow(comfy, model_hub, testd
         assert hashlib.sha256(placed.read_bytes()).hexdigest() == entry.sha256
 
 
+def test_main_job_from_a_script_alone(comfy, testdata, tmp_path):
+    """The README's main job in its script form: portrait + text, no recording: CosyVoice 2's built-in
+    voice (cloned on first use from its published clip) speaks the script, MuseTalk lip-syncs, and the
+    MP4's length follows the speech; the subtitles are saved beside it."""
+    res = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "run_workflow.py"), "script_talking_head", "--server", comfy.url,
+         "--out", str(tmp_path), "--set", f"portrait.image={testdata / 's6.jpg'}",
+         "--set", "script.text=\"Hello there. This is a test of the script form.\"", "--set", "save.preset=\"ultrafast\""],
+        capture_output=True, text=True, timeout=1200)
+    assert res.returncode == 0, res.stdout + res.stderr
+    (mp4,) = list(tmp_path.rglob("*.mp4"))
+    out = media_facts(mp4)
+    assert out["audio_s"] > 0.5
+    assert out["frames"] == int(out["audio_s"] * 25 + 1e-6)  # floor(speech seconds x 25 fps)
+    assert out["size"] == (726, 726)
+    srt = list((comfy.output_dir / "DigitalHuman").glob("script_*.srt"))
+    assert srt and "Hello there." in srt[0].read_text(encoding="utf-8")
+    assert (comfy.workdir / "models" / "cosyvoice" / "voices" / "default.safetensors").is_file()
+
+
 def test_stream_path_keeps_a_minute_of_speech_out_of_ram(comfy, testdata):
     """DH_LoadVideo(stream) -> MuseTalk Lip Sync(stream, output_images off) -> DH_SaveVideo(stream) with
     60 s of speech over an 8-frame clip (ping-pong): the frames are made while the saver encodes."""

@@ -246,3 +246,16 @@ def test_building_the_language_model_on_meta_leaves_torchaudio_usable():
     out = subprocess.run([sys.executable, "-c", code, str(scripts)], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().endswith("False")
+    # the same through MuseTalk's loader (its whisper encoder is transformers', built on meta), and when
+    # something else poisoned torchaudio first (another pack importing it inside a meta block)
+    code2 = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import _pack, torch\n"
+        "from comfyui_digitalhuman.model_loaders.musetalk import _on_meta\n"
+        "_on_meta(lambda: torch.nn.Linear(2, 2))\n"
+        "import torchaudio.compliance.kaldi as k\n"
+        "assert not k.EPSILON.is_meta\n"
+        "k.EPSILON = torch.empty((), device='meta')\n"
+        "from comfyui_digitalhuman.engine.cosyvoice import features\n"
+        "print(features.campplus_fbank(torch.randn(16000) * 0.1).shape)\n")
+    out = subprocess.run([sys.executable, "-c", code2, str(scripts)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
