@@ -108,3 +108,11 @@ def get_api_key(env_var: str, user_dir: str | os.PathLike | None = None, service
         f"no API key for {name}: set the environment variable {env_var} before starting ComfyUI, "
         f"or put {{\"{env_var}\": \"<your key>\"}} into {where}. Keys are never taken from node inputs."
     )
+
+
+def resolve_api_key(api_key: str | None, env_var: str, user_dir: str | os.PathLike | None = None,
+                    service: str | None = None) -> str:
+    """The key a client uses: ``api_key`` when given (cleaned like the others), else :func:`get_api_key`."""
+    if api_key:
+        return clean_key(api_key, "the api_key argument")
+    return get_api_key(env_var, user_dir, service=service)

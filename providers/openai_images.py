@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .http import ApiError, HttpClient, RetryPolicy, guarded
-from .keys import clean_key, get_api_key
+from .keys import resolve_api_key
 from .prices import image_cost
 
 DEFAULT_MODEL = "gpt-image-2"
@@ -72,7 +72,7 @@ class OpenAIImages(HttpClient):
     def __init__(self, api_key: str | None = None, base_url: str | None = None, *, user_dir: str | None = None,
                  check_interrupt: Callable[[], None] | None = None, read_timeout_s: float = 300.0,
                  retry: RetryPolicy | None = None, **kw):
-        key = clean_key(api_key, "the api_key argument") if api_key else get_api_key("OPENAI_API_KEY", user_dir, service="OpenAI")
+        key = resolve_api_key(api_key, "OPENAI_API_KEY", user_dir, service="OpenAI")
         url = base_url or os.environ.get("OPENAI_BASE_URL", "").strip() or DEFAULT_BASE_URL
         headers = {"Authorization": f"Bearer {key}"}
         org = os.environ.get("OPENAI_ORGANIZATION", "").strip()

@@ -212,3 +212,32 @@ def test_every_public_method_of_every_api_client_is_guarded():
             if name.startswith("_") or not inspect.isfunction(attr):
                 continue
             assert getattr(attr, "__dh_guarded__", False), f"{cls.__name__}.{name} is not wrapped with http.guarded"
+
+
+def _clients():
+    """(class, its key variable) of every API client in providers/ that reads a key."""
+    from comfyui_digitalhuman.providers.elevenlabs import ElevenLabs
+    from comfyui_digitalhuman.providers.openai_speech import OpenAISpeech
+
+    return [(OpenAIImages, "OPENAI_API_KEY"), (OpenAISpeech, "OPENAI_API_KEY"), (ElevenLabs, "ELEVENLABS_API_KEY")]
+
+
+@pytest.mark.parametrize("slip", ["\n", "\u200b", "\t"], ids=["newline", "zwsp", "tab"])
+def test_every_client_checks_its_key_from_env_file_and_argument(slip, monkeypatch, tmp_path):
+    for cls, var in _clients():
+        bad = slipped(cls.__name__.lower(), slip)
+        monkeypatch.delenv(var, raising=False)
+        monkeypatch.setenv(var, bad)
+        with pytest.raises(InvalidKeyError, match=f"environment variable {var}") as ei:
+            cls(base_url="http://127.0.0.1:9", user_dir=tmp_path)
+        assert leaked_pieces(full_text(ei.value), bad) == [], cls
+        monkeypatch.delenv(var)
+        path = write_key_file(tmp_path, {var: bad})
+        with pytest.raises(InvalidKeyError) as ei:
+            cls(base_url="http://127.0.0.1:9", user_dir=tmp_path)
+        assert str(path) in str(ei.value) and leaked_pieces(full_text(ei.value), bad) == [], cls
+        path.unlink()
+        with pytest.raises(InvalidKeyError, match="api_key argument"):
+            cls(api_key=bad, base_url="http://127.0.0.1:9")
+        good = cls(api_key=f" {fake_key('ok')}\n", base_url="http://127.0.0.1:9")
+        assert fake_key("ok") in good.secrets() and all(s == s.strip() for s in good.secrets())
