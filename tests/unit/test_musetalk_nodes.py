@@ -142,8 +142,18 @@ class NetworkCalls:
 
 @pytest.fixture()
 def real_faces(musetalk_env, monkeypatch):
-    """The nodes with the pack's real face engine (not the fixed boxes of ``musetalk_env``)."""
+    """The nodes with the pack's real face engine (not the fixed boxes of ``musetalk_env``): MediaPipe's
+    files placed in ComfyUI's (temporary) models folder, where the face loader finds them in place."""
+    from comfyui_digitalhuman.model_loaders.catalog import get_model
+    from comfyui_digitalhuman.model_loaders.download import target_path
+    from face_models import real_face_models
+
     lipsync, hub, env = musetalk_env
+    for mid, data in real_face_models().items():
+        dest = target_path(get_model(mid))
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(data)
+        assert str(dest).startswith(str(env.dirs["models"])), dest
     monkeypatch.setattr(lipsync.faces, "track_boxes", REAL_TRACK_BOXES)
     return lipsync, env
 
