@@ -146,6 +146,60 @@ def test_core_load_audio_feeds_lip_sync(comfy, object_info, testdata):
     assert out["audio_s"] == pytest.approx(3.0, abs=1 / 25)
 
 
+def test_lipsync_on_footage_without_a_face_fails_naming_the_input(comfy, testdata):
+    """no_face.jpg as a one-frame still: a clear error in the history, not the input returned unchanged."""
+    from comfy_client import ExecutionFailed
+
+    upload(comfy, testdata / "no_face.jpg")
+    # 0.4 s of speech: were the 3604x1641 still passed through, 10 copies (710 MB), not 200 (14 GB, which
+    # is what the 8 s of yongen.wav made of it before this was an error: the server ran out of memory)
+    speech = comfy.input_dir / "short_speech.wav"
+    write_wav(speech, (np.sin(np.arange(6400) / 8.0) * 8000).astype(np.int16)[:, None], 16000)
+    prompt = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "no_face.jpg"}},
+        "2": {"class_type": "DH_LoadAudio", "inputs": {"audio": speech.name, "sample_rate": 0, "mono": False}},
+        "3": {"class_type": "DH_LoadMuseTalk", "inputs": {"precision": "auto"}},
+        "4": {"class_type": "DH_MuseTalkLipSync", "inputs": {"musetalk": ["3", 0], "audio": ["2", 0], "fps": 25.0,
+              "batch_size": 8, "bbox_shift": 0, "blend_mode": "jaw", "output_images": True, "images": ["1", 0]}},
+        "5": {"class_type": "DH_SaveVideo", "inputs": {"images": ["4", 0], "audio": ["4", 1], "fps": ["4", 2],
+              "filename_prefix": "DigitalHuman/no_face_lipsync", "audio_fit": "pad_or_trim", "crf": 30, "preset": "ultrafast"}},
+    }
+    try:
+        with pytest.raises(ExecutionFailed) as err:
+            run_prompt(comfy, prompt)
+    finally:
+        speech.unlink()  # the input folder's file list is part of other tests' expected node schemas
+    assert "no face found in any of the 1 frames of the 'images' input" in str(err.value), str(err.value)
+    assert not list(comfy.output_dir.rglob("no_face_lipsync*"))
+
+
+def test_lipsync_reports_face_video_frames_without_a_face(comfy, testdata):
+    """yongen.mp4 with two black frames inserted: the lip sync runs and says which frames it passed through."""
+    clip = comfy.input_dir / "yongen_black_frames.mp4"
+    with av.open(str(testdata / "yongen.mp4")) as c:
+        frames = [f.to_ndarray(format="rgb24")[::2, ::2] for _, f in zip(range(4), c.decode(video=0))]
+    frames[2:2] = [np.zeros_like(frames[0])] * 2
+    with av.open(str(clip), "w") as out:  # written with PyAV directly, independent of our writer
+        vs = out.add_stream("libx264", rate=25)
+        vs.width, vs.height, vs.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
+        for f in frames:
+            for pkt in vs.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                out.mux(pkt)
+        for pkt in vs.encode(None):
+            out.mux(pkt)
+    upload(comfy, testdata / "yongen.wav")
+    prompt = json.loads((API / "lipsync_video.json").read_text())
+    prompt["1"]["inputs"]["video"] = clip.name
+    prompt["5"]["inputs"].update(preset="ultrafast", crf=30, filename_prefix="DigitalHuman/black_frames")
+    try:
+        result = run_prompt(comfy, prompt)
+    finally:
+        clip.unlink()  # the input folder's file list is part of other tests' expected node schemas
+    assert [f for f in result.files if f["filename"].endswith(".mp4")]
+    log = comfy.log_path.read_text(errors="replace")
+    assert "[DigitalHuman] MuseTalk Lip Sync: no face in 2 of 6 frames (2, 3): passed through unchanged" in log
+
+
 def write_wav(path: Path, samples: np.ndarray, rate: int) -> None:
     """16-bit PCM WAV with the standard library (an input independent of our own audio writer)."""
     import wave
