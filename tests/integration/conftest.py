@@ -22,7 +22,21 @@ def model_hub(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def comfy(tmp_path_factory, model_hub) -> ComfyServer:
+def fake_apis():
+    """Local fakes of the OpenAI and ElevenLabs APIs, which the test server's API nodes talk to."""
+    from types import SimpleNamespace
+
+    from fakeelevenlabs import FakeElevenLabs
+    from fakeopenai import FakeOpenAI
+
+    with FakeOpenAI() as openai, FakeElevenLabs() as elevenlabs:
+        yield SimpleNamespace(openai=openai, elevenlabs=elevenlabs, env={
+            "OPENAI_BASE_URL": openai.url, "OPENAI_API_KEY": openai.api_key,
+            "ELEVENLABS_BASE_URL": elevenlabs.url, "ELEVENLABS_API_KEY": elevenlabs.api_key})
+
+
+@pytest.fixture(scope="session")
+def comfy(tmp_path_factory, model_hub, fake_apis) -> ComfyServer:
     """Start ComfyUI (``COMFYUI_PATH`` or the copy prepared by scripts/setup_env.sh) and stop it after.
 
     Its model nodes download from the fake hub into the server's own models folder."""
@@ -34,7 +48,7 @@ def comfy(tmp_path_factory, model_hub) -> ComfyServer:
     workdir = tmp_path_factory.mktemp("comfyui")
     env = {"HF_ENDPOINT": hub.endpoint, "DH_CATALOG_OVERRIDES": str(overrides),
            "DH_MODELS_DIR": str(workdir / "models"), "HF_HUB_OFFLINE": "0"}
-    server = ComfyServer(comfyui=comfyui, workdir=workdir, env=env)
+    server = ComfyServer(comfyui=comfyui, workdir=workdir, env={**env, **fake_apis.env})
     server.start(timeout=300)
     yield server
     server.stop()
