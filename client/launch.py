@@ -133,11 +133,12 @@ class ComfyServer:
         except OSError:
             return "(no log)"
 
-    def stop(self) -> None:
+    def stop(self, grace: float = 20.0) -> None:
+        """Terminate the server, killing it when it has not exited after ``grace`` seconds."""
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(timeout=20)
+                self.proc.wait(timeout=grace)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
@@ -145,8 +146,8 @@ class ComfyServer:
             self._log.close()
         self.proc = None
 
-    def cleanup(self) -> None:
-        self.stop()
+    def cleanup(self, grace: float = 20.0) -> None:
+        self.stop(grace)
         if self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 

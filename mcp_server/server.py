@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import base64
 import contextlib
 import json
 import logging
 import os
 import random
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -97,8 +99,8 @@ class DigitalHumanMCP:
                 return
             log.info("no ComfyUI at %s; starting one", self.url)
             server = ComfyServer(comfyui=self.cfg.comfyui, port=urlparse(self.url).port or 8188)
+            self._started = server  # before it starts, so a shutdown during start-up still stops it
             await anyio.to_thread.run_sync(lambda: server.start(timeout=self.cfg.start_timeout))
-            self._started = server
             self.url = server.url
             log.info("ComfyUI %s listening at %s (log: %s)", server.comfyui, server.url, server.log_path)
         except (OSError, RuntimeError, TimeoutError) as exc:
@@ -107,10 +109,12 @@ class DigitalHumanMCP:
         finally:
             self._ready.set()
 
-    def stop_comfy(self) -> None:
-        if self._started is not None:
-            self._started.cleanup()
-            self._started = None
+    def stop_comfy(self, grace: float = 3.0) -> None:
+        """Stop the ComfyUI this server started (quickly: an MCP client waits only a few seconds for
+        its server to exit after closing stdin, then kills it)."""
+        server, self._started = self._started, None
+        if server is not None:
+            server.cleanup(grace)
 
     def client(self) -> ComfyClient:
         return ComfyClient(self.url, timeout=self.timeout)
@@ -501,6 +505,13 @@ def main(argv: list[str] | None = None) -> int:
                  table=Path(args.table) if args.table else None)
     app = DigitalHumanMCP(cfg)
     server = build_server(app)
+
+    def on_term(signum, frame):  # the client's SIGTERM after stdin closed: take our ComfyUI down with us
+        app.stop_comfy(grace=1.0)
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, on_term)
+    atexit.register(app.stop_comfy, 1.0)
 
     async def serve() -> None:
         async with stdio_server() as (read, write):

@@ -424,3 +424,26 @@ def test_a_server_that_is_down_is_a_tool_error(work):
     (tools, result), _ = run_session(work, url, scenario, extra=["--no-start"])
     assert {t.name for t in tools} == BASE_TOOLS  # listed from the table; the call says what is wrong
     assert result.is_error and f"ComfyUI at {url} does not answer" in text_of(result)
+
+
+def test_starts_a_comfyui_on_demand_and_stops_it_after(comfy, work):
+    """No ComfyUI at the address: the server starts one there (as the runner does), lists the tools of
+    that server once it answers, and takes it down when the agent closes the session."""
+    from comfy_server import server_alive
+
+    url = f"http://127.0.0.1:{free_port()}"
+
+    async def scenario(session):
+        listed = await session.call_tool("list_workflows", {})  # waits for the started server
+        alive = await anyio.to_thread.run_sync(server_alive, url)
+        tools = (await session.list_tools()).tools
+        return listed, alive, tools
+
+    (listed, alive, tools), stderr = run_session(work, url, scenario, extra=["--comfyui", str(comfy.comfyui)])
+    assert not listed.is_error, text_of(listed)
+    assert alive and f"no ComfyUI at {url}; starting one" in stderr
+    assert {t.name for t in tools} == BASE_TOOLS
+    deadline = time.monotonic() + 30
+    while server_alive(url) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not server_alive(url)  # stopped with the session
