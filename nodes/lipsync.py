@@ -41,6 +41,14 @@ class MuseTalkHandle:
         return load_for_inference(self.patcher).models()
 
 
+def _face_analyzer():
+    """The face engine on the catalogued MediaPipe files (models/face_analysis, fetched on first use),
+    on the CPU as MuseTalk's face boxes always were."""
+    from ..model_loaders.face import load_face_analyzer
+
+    return load_face_analyzer(device="cpu")
+
+
 def face_clip_ram_budget() -> int:
     """Bytes of face-clip frames kept in RAM before they go to a temporary file (``DH_FACE_CLIP_RAM_MB``, default 2048)."""
     import os
@@ -197,7 +205,7 @@ class DH_MuseTalkLipSync:
         samples, n_out = _speech(audio, fps)
         frames = _frames_of(images, video)
         models = musetalk.models()
-        boxes = faces.track_boxes(frames, bbox_shift, check_interrupt=check_interrupt)
+        boxes = faces.track_boxes(frames, bbox_shift, analyzer=_face_analyzer(), check_interrupt=check_interrupt)
         if output_images:
             bar = Progress(len(frames) + n_out)
             out = pipeline.lip_sync(models, frames, boxes, samples, SAMPLE_RATE, fps, batch_size, blend_mode,
@@ -232,7 +240,7 @@ class DH_MuseTalkPrepareAvatar:
         save_dir = _avatar_dir(save_name) if save_name.strip() else None  # a bad name fails before the work
         frames = _frames_of(images, video)
         models = musetalk.models()
-        boxes = faces.track_boxes(frames, bbox_shift, check_interrupt=check_interrupt)
+        boxes = faces.track_boxes(frames, bbox_shift, analyzer=_face_analyzer(), check_interrupt=check_interrupt)
         cache = pipeline.prepare_avatar(models, frames, boxes, blend_mode, progress=Progress(len(frames)),
                                         check_interrupt=check_interrupt)
         cache.meta["bbox_shift"] = int(bbox_shift)

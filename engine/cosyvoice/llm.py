@@ -344,7 +344,13 @@ def check_llm_state(model: nn.Module, state: Mapping[str, torch.Tensor], source:
 
 
 def build_llm_on_meta(cfg_llm: Mapping[str, Any] | None = None, qwen2_cfg: Mapping[str, Any] | None = None) -> Qwen2LM:
-    """A ``Qwen2LM`` without storage (for layout checks and for loading by assignment)."""
+    """A ``Qwen2LM`` without storage (for layout checks and for loading by assignment).
+
+    transformers is imported before the meta context: importing it imports torchaudio, whose Kaldi
+    module makes a tensor at import time, and made under ``torch.device("meta")`` that tensor would
+    have no data, breaking every later fbank (voice cloning) in the process."""
+    from transformers import Qwen2ForCausalLM  # noqa: F401
+
     with torch.device("meta"):
         return Qwen2LM(cfg_llm, qwen2_cfg)
 

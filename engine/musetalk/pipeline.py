@@ -155,10 +155,19 @@ class AvatarCache:
         for name in ("avatar.safetensors", "avatar.json"):
             if not (path / name).is_file():
                 raise FileNotFoundError(f"{path}: not a MuseTalk avatar folder ({name} missing)")
-        meta = json.loads((path / "avatar.json").read_text())
-        if meta.get("format") != FORMAT_VERSION:
-            raise ValueError(f"{path}: avatar format {meta.get('format')} not supported (expected {FORMAT_VERSION})")
-        t = load_file(str(path / "avatar.safetensors"))
+        redo = "prepare and save the avatar again (MuseTalk Prepare Avatar with a save_name)"
+        try:
+            meta = json.loads((path / "avatar.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{path / 'avatar.json'}: cannot read the saved avatar ({exc}); {redo}") from None
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
+            fmt = meta.get("format") if isinstance(meta, dict) else None
+            raise ValueError(f"{path}: avatar format {fmt} not supported (expected {FORMAT_VERSION})")
+        try:
+            t = load_file(str(path / "avatar.safetensors"))
+        except Exception as exc:  # safetensors' errors name no file
+            raise ValueError(f"{path / 'avatar.safetensors'}: cannot read the saved avatar "
+                             f"({type(exc).__name__}: {exc}); {redo}") from None
         shapes = t["mask_shapes"].numpy()
         flat = t["masks_flat"].numpy()
         offsets = np.concatenate([[0], np.cumsum(shapes.prod(axis=1))])

