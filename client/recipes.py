@@ -93,7 +93,7 @@ def parse_voice(voice: str | None, table: dict, object_info: dict | None) -> tup
     row = backends[backend]
     name = name.strip() or row.get("default_voice", "")
     if row.get("voices_from") == "node_input":
-        choices = node_choices(object_info, row["node"], row["voice_input"])
+        choices = node_choices(object_info, *voice_choice_input(row))
         if choices is not None and name not in choices:
             raise UsageError(f"voice: '{name}' is not one of the {backend} voices; list_voices shows them "
                              f"({', '.join(map(str, choices[:20]))})")
@@ -182,19 +182,44 @@ def video_job(args: dict, *, table: dict, object_info: dict | None, policy: File
         splice_voice(prompt, speech_node, row, script, voice)
         out.voice = f"{backend}:{voice}"
         out.arg_inputs[(speech_node, row["text_input"])] = "script"
-        out.arg_inputs[(speech_node, row["voice_input"])] = "voice"
+        out.arg_inputs[voice_input_of(row, speech_node)] = "voice"
     return out
+
+
+def voice_choice_input(row: dict) -> tuple[str, str]:
+    """(class type, input) whose choices are the back-end's voices: the voice node's own input, or a
+    helper's (``voice_input`` written ``helper.input``)."""
+    helper, _, inp = row["voice_input"].rpartition(".")
+    if helper:
+        return row["helpers"][helper]["class_type"], inp
+    return row["node"], inp
+
+
+def voice_input_of(row: dict, speech_node: str) -> tuple[str, str]:
+    """(node id, input) that gets the voice name in the spliced prompt."""
+    helper, _, inp = row["voice_input"].rpartition(".")
+    return (f"{speech_node}_{helper}" if helper else speech_node), inp
 
 
 def splice_voice(prompt: dict, speech_node: str, row: dict, text: str, voice: str) -> None:
     """Replace the speech-file node by the voice's node, keeping its id; links to its audio move to
-    the voice node's AUDIO output."""
+    the voice node's AUDIO output. A back-end made of several nodes (CosyVoice 2: a model loader
+    and a voice loader feeding the speaking node) lists them as ``helpers``: they are added under
+    ids ``<speech node>_<name>``, and the voice node's inputs named in ``helper_links`` take their
+    outputs."""
     old = prompt[speech_node]
+    inputs = {**row.get("inputs", {}), row["text_input"]: text}
+    for name, helper in (row.get("helpers") or {}).items():
+        prompt[f"{speech_node}_{name}"] = {"class_type": helper["class_type"], "inputs": dict(helper.get("inputs", {}))}
+    for inp, (helper, slot) in (row.get("helper_links") or {}).items():
+        inputs[inp] = [f"{speech_node}_{helper}", int(slot)]
+    node_id, inp = voice_input_of(row, speech_node)
     prompt[speech_node] = {
         "class_type": row["node"],
-        "inputs": {**row.get("inputs", {}), row["text_input"]: text, row["voice_input"]: voice},
+        "inputs": inputs,
         "_meta": {"title": (old.get("_meta") or {}).get("title", "speech")},
     }
+    prompt[node_id]["inputs"][inp] = voice
     slot = int(row.get("audio_output", 0))
     for node in prompt.values():
         for name, value in (node.get("inputs") or {}).items():

@@ -52,6 +52,10 @@ KEY_VARS = ("OPENAI_API_KEY", "ELEVENLABS_API_KEY", "HEYGEN_API_KEY", "DID_API_K
 PROGRESS_EVERY_S = 0.25
 
 
+#: Tools that change nothing on the server (their answers may use the cached node list).
+READ_ONLY_TOOLS = frozenset({"list_workflows", "list_voices"})
+
+
 class ToolFailure(Exception):
     """A tool error for the agent: the text says what went wrong and where."""
 
@@ -149,11 +153,17 @@ class DigitalHumanMCP:
                 raise ToolFailure(f"unknown tool '{name}'; this server offers: {', '.join(tools)}")
             check_arguments(tools[name], args)
             handler = getattr(self, f"tool_{name}", None)
-            if handler is None:
-                spec = recipes.workflow_tools(self.table, await self.object_info())[name]
-                result, images = await self.table_tool(name, spec, args, progress)
-            else:
-                result, images = await handler(args, progress)
+            try:
+                if handler is None:
+                    spec = recipes.workflow_tools(self.table, await self.object_info())[name]
+                    result, images = await self.table_tool(name, spec, args, progress)
+                else:
+                    result, images = await handler(args, progress)
+            finally:
+                if name not in READ_ONLY_TOOLS:
+                    # a run may have added files the node lists show (a cloned voice, a saved avatar):
+                    # the next call reads /object_info afresh
+                    self._object_info_at = 0.0
             return self.answer(result, images)
         except ToolFailure as exc:
             return self.error(str(exc))
@@ -432,7 +442,7 @@ def list_backend_voices(row: dict, object_info: dict | None) -> tuple[list[dict]
     """(voices, note) of one back-end, by its row's ``voices_from`` rule."""
     how = row.get("voices_from")
     if how == "node_input":
-        choices = recipes.node_choices(object_info, row["node"], row["voice_input"]) or []
+        choices = recipes.node_choices(object_info, *recipes.voice_choice_input(row)) or []
         return [{"name": str(c)} for c in choices], ""
     if how == "elevenlabs_account":
         from ..providers import elevenlabs

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 SERVER = REPO / "scripts" / "mcp_server.py"
-BASE_TOOLS = {"design_avatar", "make_video", "list_workflows", "run_workflow", "list_voices", "run_batch"}
+BASE_TOOLS = {"design_avatar", "make_video", "list_workflows", "run_workflow", "list_voices", "run_batch", "clone_voice"}
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +80,7 @@ def test_tool_list_and_schemas(comfy, work, tmp_path):
 
     tools, _ = run_session(work, comfy.url, scenario)
     by_name = {t.name: t for t in tools}
-    assert set(by_name) == BASE_TOOLS  # clone_voice / live_* have no nodes in this ComfyUI: not offered
+    assert set(by_name) == BASE_TOOLS  # live_* have no nodes in this ComfyUI: not offered
     info = object_info(comfy.url)
     for t in tools:
         assert t.description and len(t.description) > 80, t.name
@@ -98,7 +98,7 @@ def test_tool_list_and_schemas(comfy, work, tmp_path):
     for field in ("gender", "age_range", "preset"):
         assert da[field]["enum"] == prompt_inputs[field][0]  # the choices this ComfyUI really has
     assert da["generator"]["enum"] == ["openai", "flux"]
-    assert by_name["list_voices"].input_schema["properties"]["backend"]["enum"] == ["openai", "elevenlabs"]
+    assert by_name["list_voices"].input_schema["properties"]["backend"]["enum"] == ["openai", "elevenlabs", "cosyvoice"]
     assert by_name["list_workflows"].annotations.read_only_hint is True
 
     # a table's extra tool is offered only when its nodes are installed
@@ -110,14 +110,14 @@ def test_tool_list_and_schemas(comfy, work, tmp_path):
                                                        "description": "The portrait."},
                                           "smile": {"type": "number", "set": "expression.smile", "minimum": -0.3,
                                                     "maximum": 1.3, "description": "Smile."}}},
-        "clone_voice": {"description": "Clone a voice (needs a node this ComfyUI lacks).", "workflow": "talking_head",
-                        "requires_nodes": ["DH_NoSuchVoiceCloner"], "arguments": {}},
+        "sing": {"description": "Sing a song (needs a node this ComfyUI lacks).", "workflow": "talking_head",
+                 "requires_nodes": ["DH_NoSuchSinger"], "arguments": {}},
     }
     alt = tmp_path / "tools.json"
     alt.write_text(json.dumps(table))
     tools, _ = run_session(work, comfy.url, scenario, extra=["--table", str(alt)])
     by_name = {t.name: t for t in tools}
-    assert set(by_name) == BASE_TOOLS | {"edit_expression"}
+    assert set(by_name) == (BASE_TOOLS - {"clone_voice"}) | {"edit_expression"}  # this table has no clone_voice row
     ee = by_name["edit_expression"].input_schema
     assert ee["required"] == ["portrait"] and ee["properties"]["smile"] == {
         "type": "number", "description": "Smile.", "minimum": -0.3, "maximum": 1.3}
@@ -193,6 +193,30 @@ def test_make_video_from_a_script_with_the_openai_voice(comfy, work, fake_apis):
         history = r.read().decode()
     # the key never leaves the environment: not in the answer, the server's log, the prompt or its history
     assert key not in json.dumps(answer) and key not in stderr and key not in history
+
+
+def test_clone_a_voice_then_make_video_in_it(comfy, work):
+    """clone_voice (CosyVoice 2) saves a voice from a recording; make_video speaks a script in it; the
+    MP4's length follows that speech. The default voice back-end is CosyVoice (no key, no cost)."""
+    async def scenario(session):
+        cloned = await session.call_tool("clone_voice", {"audio": str(work["allowed"] / "hello.wav"),
+                                                         "name": "Mcp Voice", "transcript": "hello"})
+        voices = await session.call_tool("list_voices", {"backend": "cosyvoice"})
+        video = await session.call_tool("make_video", {"portrait": str(work["allowed"] / "me.jpg"),
+                                                       "script": "Hello there, this is my own voice.",
+                                                       "voice": "cosyvoice:Mcp Voice"})
+        return cloned, voices, video
+
+    (cloned, voices, video), _ = run_session(work, comfy.url, scenario)
+    assert not cloned.is_error, text_of(cloned)
+    assert (comfy.workdir / "models" / "cosyvoice" / "voices" / "Mcp Voice.safetensors").is_file()
+    assert "cosyvoice:Mcp Voice" in [v["id"] for v in voices.structured_content["voices"]]
+    assert not video.is_error, text_of(video)
+    answer = video.structured_content
+    facts = media_facts(Path(answer["video"]))
+    assert facts["frames"] > 10
+    assert_sound_matches(Path(answer["video"]), facts["audio_s"], facts["frames"] / 25)  # frames follow the speech
+    assert answer["voice"] == "cosyvoice:Mcp Voice" and answer["cost_usd"] == 0.0
 
 
 def start_long_run(session, work):

@@ -15,7 +15,8 @@ TABLE = recipes.load_table()
 NODES = ["LoadImage", "SaveImage", "DH_LoadAudio", "DH_LoadMuseTalk", "DH_MuseTalkLipSync", "DH_SaveVideo",
          "DH_LoadVideo", "DH_LoadLivePortrait", "DH_LivePortraitAnimate", "DH_PortraitPrompt", "DH_PortraitCheck",
          "DH_OpenAIImage", "CheckpointLoaderSimple", "CLIPTextEncode", "EmptyLatentImage", "KSampler", "VAEDecode",
-         "DH_OpenAISpeech", "DH_ElevenLabsSpeech"]
+         "DH_OpenAISpeech", "DH_ElevenLabsSpeech", "DH_LoadCosyVoice", "DH_CosyVoiceLoadVoice", "DH_CosyVoiceSpeak",
+         "DH_CosyVoiceClone"]
 
 
 def info(without: tuple[str, ...] = ()) -> dict:
@@ -32,16 +33,18 @@ def tools(object_info) -> dict:
 
 
 def test_tools_follow_the_installed_nodes():
-    assert set(tools(info())) == {"design_avatar", "make_video", "list_workflows", "run_workflow", "list_voices", "run_batch"}
+    assert set(tools(info())) == {"design_avatar", "make_video", "list_workflows", "run_workflow", "list_voices", "run_batch",
+                                  "clone_voice"}
+    assert "clone_voice" not in tools(info(without=("DH_CosyVoiceClone",)))
     assert "make_video" not in tools(info(without=("DH_MuseTalkLipSync",)))
     only_flux = tools(info(without=("DH_OpenAIImage",)))["design_avatar"].schema["properties"]["generator"]
     assert only_flux["enum"] == ["flux"]
-    no_voice = tools(info(without=("DH_OpenAISpeech", "DH_ElevenLabsSpeech")))
+    no_voice = tools(info(without=("DH_OpenAISpeech", "DH_ElevenLabsSpeech", "DH_CosyVoiceSpeak")))
     assert "list_voices" not in no_voice and "none installed" in no_voice["make_video"].schema["properties"]["voice"]["description"]
     da = tools(info())["design_avatar"].schema["properties"]
     assert da["gender"]["enum"] == ["unspecified", "man"] and da["preset"]["enum"] == ["teacher"]
     # unreachable server: the table's own tools, but never a one-workflow tool guessed without its nodes
-    assert set(tools(None)) == set(tools(info()))
+    assert set(tools(None)) == set(tools(info())) - {"clone_voice"}
 
 
 def test_every_schema_is_closed():
@@ -94,3 +97,27 @@ def test_table_rows_name_existing_workflows():
     for name, row in recipes.items(TABLE["avatar"]["generators"]).items():
         prompt = json.loads((root / f"{row['workflow']}.json").read_text())
         assert {n["class_type"] for n in prompt.values()} <= set(row["requires_nodes"]), name
+
+
+def test_a_script_in_a_cosyvoice_voice_splices_its_three_nodes(tmp_path):
+    """CosyVoice 2 speaks with a model loader and a voice loader beside the speaking node: the speech
+    file node becomes the speaking node (same id, same links) and the two helpers join the graph."""
+    from comfyui_digitalhuman.client.workflows import FilePolicy
+
+    portrait = tmp_path / "p.jpg"
+    portrait.write_bytes(b"x")
+    ob = info()
+    ob["DH_CosyVoiceLoadVoice"]["input"]["required"] = {"voice_name": [["default", "Anna"], {}]}
+    job = recipes.video_job({"portrait": str(portrait), "script": "Hello there.", "voice": "cosyvoice:Anna"},
+                            table=TABLE, object_info=ob, policy=FilePolicy(roots=[tmp_path.resolve()]))
+    prompt = job.job.prompt
+    speak = prompt["2"]
+    assert speak["class_type"] == "DH_CosyVoiceSpeak" and speak["inputs"]["text"] == "Hello there."
+    assert speak["inputs"]["cosyvoice"] == ["2_model", 0] and speak["inputs"]["voice"] == ["2_voice", 0]
+    assert prompt["2_model"]["class_type"] == "DH_LoadCosyVoice"
+    assert prompt["2_voice"] == {"class_type": "DH_CosyVoiceLoadVoice", "inputs": {"voice_name": "Anna"}}
+    assert prompt["4"]["inputs"]["audio"] == ["2", 0]  # the lip sync now hears the speaking node
+    assert job.voice == "cosyvoice:Anna" and job.arg_inputs[("2_voice", "voice_name")] == "voice"
+    with pytest.raises(recipes.UsageError, match="not one of the cosyvoice voices"):
+        recipes.video_job({"portrait": str(portrait), "script": "Hi.", "voice": "cosyvoice:Nobody"},
+                          table=TABLE, object_info=ob, policy=FilePolicy(roots=[tmp_path.resolve()]))
