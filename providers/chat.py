@@ -25,6 +25,7 @@ from typing import Callable, Iterator
 
 from .http import ApiError, HttpClient, RetryPolicy
 from .keys import optional_api_key
+from ..engine.live.chat import build_messages  # noqa: F401  (re-exported for callers of the provider)
 from .speech_base import iter_body, iter_sse
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -148,19 +149,3 @@ def _whole_answer(client: HttpClient, resp, url: str) -> Iterator[str]:
                        + client.redact((resp.text or "")[:200]), url=url) from None
     if text:
         yield str(text)
-
-
-def build_messages(system_prompt: str, knowledge: str, history: list[tuple[str, str]], user: str,
-                   knowledge_header: str = "Answer using this knowledge where it applies:") -> list[dict]:
-    """The conversation sent to the model: the system prompt (and the knowledge text under a header),
-    the past exchanges ``(user, what the avatar said)``, then the new message."""
-    system = (system_prompt or "").strip()
-    if (knowledge or "").strip():
-        system = (system + "\n\n" if system else "") + f"{knowledge_header}\n{knowledge.strip()}"
-    msgs: list[dict] = [{"role": "system", "content": system}] if system else []
-    for u, a in history:
-        msgs.append({"role": "user", "content": u})
-        if a:
-            msgs.append({"role": "assistant", "content": a})
-    msgs.append({"role": "user", "content": user})
-    return msgs
