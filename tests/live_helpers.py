@@ -100,7 +100,7 @@ def run_frames(session, until, timeout: float = 120.0, pace_s: float = 0.0) -> l
             return frames
         if pace_s:
             time.sleep(pace_s)
-        elif not f.speaking:
+        elif f.held or not f.speaking:
             time.sleep(0.005)
     raise AssertionError(f"condition not reached in {timeout:.0f} s ({len(frames)} frames, state {session.state}, "
                          f"events {[e['type'] for e in session.events.since(0)[0]][-12:]})")
