@@ -74,7 +74,7 @@ class OpenAICompatibleChat:
         self._read_timeout_s = float(read_timeout_s)
         self._retry = retry
         self._local = threading.local()
-        self.name = f"{settings.model} at {self.base_url}"
+        self.name = f"{settings.model} at {_public_url(self.base_url)}"
 
     def _client(self) -> HttpClient:
         c = getattr(self._local, "client", None)
@@ -149,3 +149,14 @@ def _whole_answer(client: HttpClient, resp, url: str) -> Iterator[str]:
                        + client.redact((resp.text or "")[:200]), url=url) from None
     if text:
         yield str(text)
+
+
+def _public_url(url: str) -> str:
+    """``url`` without any user:password part (never shown to a browser or a log)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    p = urlsplit(url)
+    host = p.hostname or ""
+    if p.port:
+        host = f"{host}:{p.port}"
+    return urlunsplit((p.scheme, host, p.path, "", ""))

@@ -77,6 +77,7 @@ class LiveOptions:
     transition_frames: int = 4
     buffer_s: float = 1.5
     start_margin: float = 1.3
+    max_lead_s: float = 1.0
     max_side: int = 720
     catch_up_s: float = 0.5
     pieces_ahead: int = 2
@@ -166,6 +167,9 @@ class LiveSession:
     frame and the transcript. ``start_clock=False`` leaves the clock to the caller (``step()``),
     for tests that run frame by frame."""
 
+    kind = "self-hosted"  # the panel's session kinds (engine/live/registry.py)
+    transport = "webrtc-offer"
+
     def __init__(self, renderer: MuseTalkRenderer, voice=None, chat=None, *, options: LiveOptions | None = None,
                  name: str = "", recorder=None, start_clock: bool = True, check: bool = True):
         self.options = opts = options or LiveOptions.from_data()
@@ -174,6 +178,7 @@ class LiveSession:
         self.voice = check_voice(voice) if voice is not None else None
         self.chat = chat
         self.name = name
+        self.id = ""  # given by the registry
         self.recorder = recorder
         self.created = time.time()
         self.last_activity = time.monotonic()
@@ -189,7 +194,7 @@ class LiveSession:
         self.warmup_s = renderer.check() if check else 0.0
         self.picture = Picture(renderer.frames, int(opts.max_side))
         self.timeline = Timeline(self.picture, opts.fps, opts.out_sample_rate, opts.transition_frames,
-                                 max(2, int(round(opts.buffer_s * opts.fps))), opts.start_margin)
+                                 max(2, int(round(opts.buffer_s * opts.fps))), opts.start_margin, opts.max_lead_s)
         self._sinks: list[Callable[[AVFrame], None]] = []
         self._sinks_lock = threading.Lock()
         self._text_q: queue.Queue = queue.Queue()
@@ -225,6 +230,23 @@ class LiveSession:
     @property
     def size(self) -> tuple[int, int]:
         return self.picture.size
+
+    @property
+    def modes(self) -> list[str]:
+        """What the panel's text box can do with this session."""
+        return [m for m, ok in (("repeat", self.voice is not None), ("chat", self.voice is not None and self.chat is not None),
+                                ("audio", True)) if ok]
+
+    def update(self, voice=None, chat=None, name: str | None = None) -> None:
+        """Swap the voice and the chat model (the next answer uses them; the current one finishes)."""
+        with self._lock:
+            if voice is not None:
+                self.voice = check_voice(voice)
+            self.chat = chat
+            if name is not None:
+                self.name = name
+            self.events.emit("updated", voice=getattr(self.voice, "name", None), chat=getattr(self.chat, "name", None),
+                             modes=self.modes)
 
     # -- commands ----------------------------------------------------------------------------
     def say(self, text: str) -> int:
@@ -349,7 +371,8 @@ class LiveSession:
         with tl.cv:
             stats = dict(tl.stats)
         t = self.turn
-        return {"state": self.state, "name": self.name, "fps": self.options.fps, "size": list(self.picture.size),
+        return {"id": self.id, "kind": self.kind, "transport": self.transport, "modes": self.modes,
+                "state": self.state, "name": self.name, "fps": self.options.fps, "size": list(self.picture.size),
                 "clock_fps": round(self.ticker.fps(), 2), "frames": stats["frames"], "stats": stats,
                 "late_frames": self.ticker.late_frames, "reanchors": self.ticker.reanchors,
                 "turn": None if t is None else {"id": t.id, "mode": t.mode, "done": t.done, "latency_ms": t.latency_ms(),

@@ -11,7 +11,8 @@ Positions: the avatar's frames are played forwards and backwards (ping-pong) by 
 counter. Idle frames advance it by one. Speech frames are rendered for given positions: a piece
 that starts after silence is placed a little ahead of the idle loop (the expected render time
 times ``start_margin``), and the loop keeps idling until it reaches that position, so the body
-never jumps; if the loop gets there first it holds the last picture for the missing frames.
+never jumps; if the loop gets there first it holds the last picture for the missing frames (the
+lead is at most ``max_lead_s``; a one-frame avatar, a still portrait, starts at once).
 Frames of consecutive pieces follow each other. A piece that runs dry mid-way (rendering slower
 than real time) holds its last picture and counts a stall; between pieces the avatar idles.
 
@@ -109,13 +110,14 @@ class Timeline:
     """The player: thread-safe; the renderer :meth:`place` s and :meth:`push` es, the clock :meth:`tick` s."""
 
     def __init__(self, picture: Picture, fps: float, out_rate: int = 48000, transition_frames: int = 4,
-                 max_buffer: int = 40, start_margin: float = 1.3):
+                 max_buffer: int = 40, start_margin: float = 1.3, max_lead_s: float = 1.0):
         self.picture = picture
         self.fps = float(fps)
         self.rate = int(out_rate)
         self.transition = max(0, int(transition_frames))
         self.max_buffer = max(2, int(max_buffer))
         self.start_margin = float(start_margin)
+        self.max_lead = max(1, int(round(float(max_lead_s) * self.fps)))
         self.cv = threading.Condition()
         self.gen = 0
         self.index = 0  # next output frame
@@ -160,7 +162,11 @@ class Timeline:
             frames = [f for f in self.queue if f.video is not None]
             if frames:  # the previous piece is still playing: follow it without a gap
                 return frames[-1].pos + 1
-            start = self.pos + 1 + max(1, int(math.ceil(max(0.0, render_s) * self.fps * self.start_margin)))
+            if self.picture.n == 1:  # a still portrait: every position shows the same frame, start at once
+                lead = 0
+            else:
+                lead = min(self.max_lead, max(1, int(math.ceil(max(0.0, render_s) * self.fps * self.start_margin))))
+            start = self.pos + 1 + lead
             self.pending = start
             return start
 
