@@ -32,7 +32,7 @@ class MuseTalkRenderer:
         self.fps = float(fps)
         self.frames = cache.frames
         self.s_per_frame: float | None = None  # measured render time per frame (running average)
-        self.s_per_batch_fixed = 0.0
+        self._models: MuseTalkModels | None = None
 
     def check(self) -> float:
         """Fail clearly when the avatar does not fit the networks; render one frame and return its time."""
@@ -62,8 +62,10 @@ class MuseTalkRenderer:
         return dt
 
     def features(self, sample_rate: int) -> audio_mod.StreamingAudioWindows:
-        """A fresh audio-prompt stream for one piece of audio at ``sample_rate``."""
-        return audio_mod.StreamingAudioWindows(self.get_models().whisper, self.fps, sample_rate)
+        """A fresh audio-prompt stream for one piece of audio at ``sample_rate`` (the networks are
+        fetched here, once per piece, and used for its batches)."""
+        self._models = self.get_models()
+        return audio_mod.StreamingAudioWindows(self._models.whisper, self.fps, sample_rate)
 
     def expected_s(self, n: int) -> float:
         """Expected seconds to render ``n`` frames (from the batches so far)."""
@@ -74,7 +76,8 @@ class MuseTalkRenderer:
         n = len(self.cache)
         ids = [pingpong_index(int(p), n) for p in positions]
         t0 = time.perf_counter()
-        out = render_frames(self.get_models(), self.cache, ids, windows)
+        models = self._models if self._models is not None else self.get_models()
+        out = render_frames(models, self.cache, ids, windows)
         dt = (time.perf_counter() - t0) / max(1, len(ids))
         self.s_per_frame = dt if self.s_per_frame is None else 0.7 * self.s_per_frame + 0.3 * dt
         return out
