@@ -39,7 +39,7 @@ log = logging.getLogger("DigitalHuman.live")
 PREFIX = "/digitalhuman/live"
 STATIC_DIR = Path(__file__).resolve().parents[1] / "web" / "js" / "live"
 STATIC_FILES = {"client.js": "text/javascript", "panel.js": "text/javascript", "page.js": "text/javascript",
-                "panel.css": "text/css", "page.html": "text/html"}
+                "page.html": "text/html"}
 SID = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 
 
