@@ -44,7 +44,7 @@ def browser_page(**context_kw):
                                                        args=ARGS, **context_kw)
             page = ctx.pages[0] if ctx.pages else ctx.new_page()
             page.on("console", lambda m: log["console"].append(f"{m.type}: {m.text}"))
-            page.on("pageerror", lambda e: log["errors"].append(str(e)))
+            page.on("pageerror", lambda e: log["errors"].append(f"{e}\n{getattr(e, 'stack', '')}"))
             page.on("request", lambda r: log["requests"].append(r.url))
             try:
                 yield page, log
