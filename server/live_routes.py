@@ -258,7 +258,8 @@ class LiveRoutes:
                                   "(see the README, 'Real time at scale')")
         from .webrtc import Viewer
 
-        viewer = Viewer(s, asyncio.get_running_loop(), on_end=self._viewer_ended)
+        viewer = Viewer(s, asyncio.get_running_loop(), on_end=self._viewer_ended,
+                        negotiate_timeout_s=float(self.lim.get("negotiate_timeout_s", 20)))
         mine[viewer.id] = viewer
         self.reg.set_viewers(s.id, len(mine))
         self._ensure_watch()

@@ -33,6 +33,7 @@ class MuseTalkRenderer:
         self.frames = cache.frames
         self.s_per_frame: float | None = None  # measured render time per frame (running average)
         self._models: MuseTalkModels | None = None
+        self.last_s = 0.0  # time of the last render call (for the latency budget)
 
     def check(self) -> float:
         """Fail clearly when the avatar does not fit the networks; render one frame and return its time."""
@@ -78,7 +79,8 @@ class MuseTalkRenderer:
         t0 = time.perf_counter()
         models = self._models if self._models is not None else self.get_models()
         out = render_frames(models, self.cache, ids, windows)
-        dt = (time.perf_counter() - t0) / max(1, len(ids))
+        self.last_s = time.perf_counter() - t0
+        dt = self.last_s / max(1, len(ids))
         self.s_per_frame = dt if self.s_per_frame is None else 0.7 * self.s_per_frame + 0.3 * dt
         return out
 

@@ -146,6 +146,7 @@ class Turn:
     spoken: list = field(default_factory=list)
     pieces: dict = field(default_factory=dict)  # piece index -> text
     shown: int = -1  # highest piece index that started playing (or was found to have no frames)
+    net: dict = field(default_factory=dict)  # seconds the networks took for the first batch (latency budget)
     audio: tuple | None = None
     done: bool = False
     interrupted: bool = False
@@ -409,7 +410,8 @@ class LiveSession:
                 continue
             if kind == "first_frame":
                 turn.mark("first_frame")
-                self.events.emit("latency", turn=tid, **{f"{k}_ms": v for k, v in turn.latency_ms().items()})
+                self.events.emit("latency", turn=tid, **{f"{k}_ms": v for k, v in turn.latency_ms().items()},
+                                 **{f"net_{k}": v for k, v in turn.net.items()})
             elif kind == "piece_start":
                 turn.shown = max(turn.shown, ev[2])
                 text = turn.pieces.get(ev[2], "")
@@ -575,6 +577,8 @@ class LiveSession:
                     cur["out"].append(cur["resampler"].feed(x))
                     self._render_ready(cur)
                 elif kind == "piece_end" and cur is not None and cur["piece"] == msg[3]:
+                    if cur["piece"] == 0:
+                        turn.mark("first_piece_audio")  # the first piece's audio is complete
                     cur["windows"].end()
                     cur["out"].append(cur["resampler"].end())
                     self._render_ready(cur)
@@ -644,6 +648,7 @@ class LiveSession:
             frames = self.renderer.render(positions, windows)
             if first_of_turn:
                 turn.mark("first_batch")
+                turn.net = {"whisper_ms": round(w.encode_s * 1000, 1), "lipsync_ms": round(self.renderer.last_s * 1000, 1)}
             out = []
             for j, img in enumerate(frames):
                 kf = start + j

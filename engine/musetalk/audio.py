@@ -208,6 +208,7 @@ class StreamingAudioWindows:
         self._segments: dict[int, torch.Tensor] = {}
         self.ended = False
         self.next_frame = 0
+        self.encode_s = 0.0  # time spent in the encoder (for the latency budget)
 
     # -- input -------------------------------------------------------------------------------
     def push(self, samples: np.ndarray) -> None:
@@ -293,7 +294,11 @@ class StreamingAudioWindows:
             data = self._buffered()
             if a < self._buf_start:
                 raise RuntimeError(f"audio segment {k} was already released")
+            import time
+
+            t0 = time.perf_counter()
             self._segments[k] = encode_segment(self.encoder, data[a - self._buf_start:b - self._buf_start])
+            self.encode_s += time.perf_counter() - t0
         return self._segments[k]
 
     def _release(self) -> None:

@@ -42,7 +42,8 @@ def avatar(models, testdata):
 
 @pytest.fixture()
 def server():
-    reg = Registry({**data_limits(), "max_sessions": 4, "max_viewers": 2, "viewer_timeout_s": 6.0})
+    reg = Registry({**data_limits(), "max_sessions": 4, "max_viewers": 2, "viewer_timeout_s": 6.0,
+                    "negotiate_timeout_s": 3.0})
     srv = RouteServer(LiveRoutes(reg))
     srv.reg = reg
     yield srv
@@ -322,3 +323,27 @@ def test_no_key_in_any_answer(server, models, avatar, monkeypatch):
                  http("GET", api(server, s.id, "/events?after=0"))[1]]
         blob = repr(texts)
         assert key not in blob and "fake-routes" not in blob
+
+
+def test_a_page_closed_mid_negotiation_leaves_nothing(server, models, avatar):
+    """The page sent its offer and went away before using the answer: the viewer never connects and is
+    dropped after the negotiation timeout (3 s here)."""
+    from aiortc import RTCConfiguration, RTCPeerConnection
+
+    s = start(server, models, avatar)
+
+    async def run():
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        pc.addTransceiver("video", direction="recvonly")
+        await pc.setLocalDescription(await pc.createOffer())
+        st, body = http("POST", api(server, s.id, "/connect"), {"sdp": pc.localDescription.sdp, "type": "offer"})
+        assert st == 200 and body["type"] == "answer"
+        await pc.close()  # gone before setRemoteDescription: no ICE check ever reaches the server
+
+    asyncio.run(run())
+    assert len(server.routes.viewers.get(s.id, {})) == 1
+    t0 = time.monotonic()
+    while server.routes.viewers.get(s.id) and time.monotonic() - t0 < 15:
+        time.sleep(0.2)
+    assert not server.routes.viewers.get(s.id) and s._sinks == []
+    assert 2.5 < time.monotonic() - t0 < 3.0 + 2.5

@@ -254,6 +254,24 @@ def test_chat_failures_are_reported_and_the_session_goes_on(models, avatar, step
             s.close()
 
 
+def test_a_chat_endpoint_that_is_down(models, avatar):
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    chat = OpenAICompatibleChat(f"http://127.0.0.1:{port}/v1", ChatSettings("m"), retry=RetryPolicy(max_tries=1))
+    s = new_session(models, avatar, ToneVoice(), chat)
+    try:
+        t1 = s.ask("hello?")
+        run_frames(s, turn_ended(s, t1), timeout=60)
+        err = [e for e in s.events.since(0)[0] if e["type"] == "error"]
+        assert err and err[0]["where"] == "chat" and "connection failed" in err[0]["message"]
+        assert s.state == "idle"
+    finally:
+        s.close()
+
+
 def test_a_failing_voice_shows_what_arrived_and_reports(models, avatar):
     voice = ToneVoice(chunk_s=0.1, fail_after=3)
     s = new_session(models, avatar, voice)
