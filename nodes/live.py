@@ -4,8 +4,8 @@
   live panel (sidebar tab, or floating panel in older frontends) and the standalone page show.
   Queueing it starts the session, or updates it in place (voice, chat model) when the avatar and
   settings are the same, so its link stays valid; it shows the link in the node.
-- **OpenAI Live Voice**, **ElevenLabs Live Voice**: the API voices as streaming voices (audio
-  arrives while it is made). A CosyVoice voice plugs into the same input.
+- **CosyVoice Live Voice**, **OpenAI Live Voice**, **ElevenLabs Live Voice**: a cloned CosyVoice 2
+  voice (local) and the API voices as streaming voices (audio arrives while it is made).
 - **Chat Model (OpenAI-compatible)**: OpenAI, or a local Ollama / vLLM / llama.cpp server, with a
   system prompt and a knowledge text.
 
@@ -186,6 +186,36 @@ class DH_ElevenLabsLiveVoice:
                                          speed=float(speed) if float(speed) != 1.0 else None),)
 
 
+class DH_CosyVoiceLiveVoice:
+    DESCRIPTION = ("A cloned CosyVoice 2 voice as a live voice: each sentence is synthesised in streaming hops (the first "
+                   "audio after about 25 speech tokens), locally, at no cost.")
+    CATEGORY = CAT_REALTIME
+    RETURN_TYPES = (VOICE_TYPE,)
+    RETURN_NAMES = ("voice",)
+    OUTPUT_TOOLTIPS = ("A streaming voice for Live Session.",)
+    FUNCTION = "make"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        from ..engine.cosyvoice.pipeline import MODES
+
+        return {"required": {
+            "cosyvoice": ("DH_COSYVOICE", {"tooltip": "From Load CosyVoice 2."}),
+            "voice": ("DH_COSYVOICE_VOICE", {"tooltip": "From CosyVoice Clone Voice or CosyVoice Load Voice."}),
+            "mode": (list(MODES), {"default": "zero_shot", "tooltip": "zero_shot: continue the clip's voice and manner (needs its transcript); cross_lingual: the voice in another language; instruct: with the style instruction below."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF, "control_after_generate": False, "tooltip": "The same seed gives the same speech for the same sentence."}),
+        }, "optional": {
+            "instruct": ("STRING", {"multiline": True, "default": "", "tooltip": "instruct mode: how to speak, e.g. 'Speak warmly and calmly.'"}),
+            "normalize_text": ("BOOLEAN", {"default": True, "tooltip": "Spell out numbers, dates and units before speaking."}),
+        }}
+
+    def make(self, cosyvoice, voice, mode, seed, instruct="", normalize_text=True):
+        from ..engine.cosyvoice.live_voice import CosyVoiceStreamingVoice
+
+        return (CosyVoiceStreamingVoice(cosyvoice.model, voice, mode=mode, instruct=instruct, seed=int(seed),
+                                        normalize=bool(normalize_text)),)
+
+
 class DH_ChatModel:
     DESCRIPTION = ("A chat model for Live Session's chat mode, behind any OpenAI-compatible chat-completions endpoint: "
                    "OpenAI, or a local Ollama (http://127.0.0.1:11434/v1), vLLM or llama.cpp server. Its answer is "
@@ -224,11 +254,13 @@ NODE_CLASS_MAPPINGS = {
     "DH_LiveSession": DH_LiveSession,
     "DH_OpenAILiveVoice": DH_OpenAILiveVoice,
     "DH_ElevenLabsLiveVoice": DH_ElevenLabsLiveVoice,
+    "DH_CosyVoiceLiveVoice": DH_CosyVoiceLiveVoice,
     "DH_ChatModel": DH_ChatModel,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "DH_LiveSession": "Live Session",
     "DH_OpenAILiveVoice": "OpenAI Live Voice",
     "DH_ElevenLabsLiveVoice": "ElevenLabs Live Voice",
+    "DH_CosyVoiceLiveVoice": "CosyVoice Live Voice",
     "DH_ChatModel": "Chat Model (OpenAI-compatible)",
 }

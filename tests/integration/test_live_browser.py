@@ -19,7 +19,6 @@ import pytest
 from browser import PROBE, browser_page
 from comfy_helpers import run_prompt, upload
 from fakechat import FakeChat
-from fakeopenai import FakeOpenAI
 from live_server import http
 
 pytestmark = pytest.mark.integration
@@ -29,11 +28,12 @@ IDLE, MOVING = 10, 25  # largest 32x32-cell change: VP8 refining a still picture
 
 
 @pytest.fixture(scope="module")
-def fakes():
-    with FakeOpenAI() as speech, FakeChat() as chat:
-        speech.no_auth = True  # an OpenAI-compatible speech server on this machine: no key
+def fakes(fake_apis):
+    """The server's fake OpenAI (its URL and key are in the server's environment, as a user's would be)
+    speaks; a fake chat server on this machine answers (no key needed there)."""
+    with FakeChat() as chat:
         chat.token_delay_s = 0.01
-        yield speech, chat
+        yield fake_apis.openai, chat
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def live(comfy, testdata, fakes):
     speech, chat = fakes
     upload(comfy, testdata / "s6.jpg")
     prompt = json.loads((API / "live_avatar.json").read_text())
-    prompt["4"]["inputs"].update(base_url=speech.url, model="tts-1", speed=0.25, instructions="")
+    prompt["4"]["inputs"].update(model="tts-1", speed=0.25, instructions="")  # base_url "": OPENAI_BASE_URL
     prompt["5"]["inputs"].update(base_url=chat.url, model="llama3.2")
     prompt["6"]["inputs"].update(max_side=256, record=True, session_name="browser test")
     result = run_prompt(comfy, prompt)
@@ -138,6 +138,12 @@ def test_standalone_page_shows_the_live_avatar(comfy, live, fakes):
         page.click(".dhl-record")
         page.wait_for_function("() => /microphone/.test(document.querySelector('.dhl-msg').textContent)", timeout=30000)
         only_local(comfy, log)
+        # the voice's key (in the server's environment) is nowhere in the page or what it fetched
+        html = page.content()
+        answers = [http("GET", f"{comfy.url}/digitalhuman/live/sessions")[1],
+                   http("GET", f"{comfy.url}/digitalhuman/live/s/{live['id']}")[1],
+                   http("GET", f"{comfy.url}/digitalhuman/live/s/{live['id']}/events?after=0")[1]]
+        assert speech.api_key not in html and speech.api_key not in repr(answers) and speech.api_key not in repr(log)
         assert log["errors"] == [], log["errors"]  # our own page: no script error at all
 
 
@@ -158,6 +164,25 @@ def test_panel_inside_comfyui(comfy, live):
         ms = speak_and_measure(page, "This is the panel inside ComfyUI.")
         print(f"panel in ComfyUI ({'sidebar tab' if tab.count() else 'floating panel'}): first speaking frame shown {ms:.0f} ms")
         only_local(comfy, log, before)
+
+
+def test_a_cosyvoice_live_session(comfy, testdata, fakes):
+    """The shipped CosyVoice workflow (a small CosyVoice 2 in the published layout, its built-in voice)
+    speaks in the standalone page."""
+    speech, chat = fakes
+    prompt = json.loads((API / "live_avatar_cosyvoice.json").read_text())
+    prompt["7"]["inputs"].update(base_url=chat.url)
+    prompt["8"]["inputs"].update(max_side=256)
+    info = run_prompt(comfy, prompt).outputs["8"]["dh_live"][0]
+    try:
+        with browser_page() as (page, log):
+            page.goto(comfy.url + info["link"])
+            wait_video(page)
+            ms = speak_and_measure(page, "Good morning, welcome.")
+            print(f"browser, CosyVoice 2 (small, CPU): send -> first speaking frame shown {ms:.0f} ms")
+            only_local(comfy, log)
+    finally:
+        http("POST", f"{comfy.url}/digitalhuman/live/s/{info['id']}/close", b"")
 
 
 def test_the_recording_holds_the_session(comfy, live):

@@ -41,7 +41,7 @@ def test_node_definitions():
 def test_live_session_node_starts_updates_and_restarts(live_env, images, monkeypatch):
     live, lipsync, env, reg = live_env
     (handle,) = lipsync.DH_LoadMuseTalk().load("fp32")
-    (avatar,) = lipsync.DH_MuseTalkPrepareAvatar().prepare(handle, 0, "jaw", "", images=images)
+    avatar, _ = lipsync.DH_MuseTalkPrepareAvatar().prepare(handle, 0, "jaw", "", images=images)
     key = fake_key("nodes")
     with FakeOpenAI(api_key=key) as fake:
         monkeypatch.setenv("OPENAI_API_KEY", key)
@@ -70,7 +70,7 @@ def test_live_session_node_starts_updates_and_restarts(live_env, images, monkeyp
 def test_live_session_node_errors(live_env, images):
     live, lipsync, env, reg = live_env
     (handle,) = lipsync.DH_LoadMuseTalk().load("fp32")
-    (avatar,) = lipsync.DH_MuseTalkPrepareAvatar().prepare(handle, 0, "jaw", "", images=images)
+    avatar, _ = lipsync.DH_MuseTalkPrepareAvatar().prepare(handle, 0, "jaw", "", images=images)
     node = live.DH_LiveSession()
     with pytest.raises(ValueError, match="connect a prepared MuseTalk avatar"):
         node.start(handle, None, "x", 25.0, 8, 720, False)
