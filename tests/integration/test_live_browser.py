@@ -116,6 +116,24 @@ def test_standalone_page_shows_the_live_avatar(comfy, live, fakes):
         assert "first speaking frame" in lat and "ms (server)" in lat
         print(f"browser: send -> first speaking frame shown {ms:.0f} ms; panel: {lat!r}")
 
+        # Stop in mid-sentence: the answer is cut at the next frame; the mouth fades back over 4 frames
+        page.evaluate("() => window.__dhProbe.arm()")
+        page.wait_for_function("() => window.__dhProbe.frames.length > 10", timeout=30000)
+        page.fill(".dhl textarea", "This is a long sentence that goes on and on, so that there is time to stop it half way through.")
+        page.click(".dhl-send")
+        page.wait_for_function(f"() => window.__dhProbe.frames.some(f => f[1] > {MOVING})", timeout=180000)
+        page.wait_for_timeout(400)
+        t_stop = page.evaluate("() => performance.now()")
+        page.click(".dhl-stop")
+        page.wait_for_function(f"() => window.__dhProbe.frames.some(f => f[0] > {t_stop} && f[1] < {IDLE})", timeout=30000)
+        back = page.evaluate(f"() => window.__dhProbe.frames.find(f => f[0] > {t_stop} && f[1] < {IDLE})[0]") - t_stop
+        # 200 ms for the interrupt itself, 4 fade frames (160 ms), and what is already encoded, on the
+        # network and in the page's jitter buffer (about 100 ms on loopback)
+        assert back < 200 + 160 + 150, back
+        page.wait_for_function("() => document.querySelector('.dhl-log').textContent.includes('stopped (stop)')", timeout=30000)
+        print(f"browser: Stop -> mouth back to the avatar's own picture {back:.0f} ms")
+        page.wait_for_function("() => document.querySelector('.dhl-state').textContent === 'idle'", timeout=30000)
+
         # chat mode: the fake model's answer is spoken piece by piece
         chat.reply = lambda msgs: "Sure, I can tell you that. The museum opens at nine."
         ms_chat = speak_and_measure(page, "When do you open?", mode_button=".dhl button[data-mode=chat]")
