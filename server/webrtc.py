@@ -140,7 +140,6 @@ class Viewer:
         self.closed = False
         self.i0: int | None = None
         self.frames_sent = 0
-        self.first_speech: dict[int, float] = {}  # turn -> monotonic time its first frame went to the encoder
         self.negotiate_timeout_s = negotiate_timeout_s
 
         @self.pc.on("connectionstatechange")
@@ -185,9 +184,6 @@ class Viewer:
         self.video.put(frame.index - self.i0, frame.video)
         self.audio.put(frame.audio)
         self.frames_sent += 1
-        for ev in frame.events:
-            if ev[0] == "first_frame":
-                self.first_speech[ev[1]] = time.monotonic()
 
     # -- life --------------------------------------------------------------------------------
     def expired(self, now: float, ping_timeout_s: float) -> str | None:

@@ -41,7 +41,6 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from ..musetalk.pipeline import pingpong_index
 from ..speech.config import section as speech_section
 from ..speech.join import StreamTrimmer, pause_seconds
 from ..speech.voice import check_voice
@@ -659,8 +658,3 @@ class LiveSession:
             cur["frames"] += n
             if not self.timeline.push(out, alive=lambda: not self.closed.is_set()):
                 raise TurnInterrupted()
-
-
-def pingpong(pos: int, n: int) -> int:
-    """Avatar frame shown at ping-pong position ``pos`` (re-exported for callers)."""
-    return pingpong_index(pos, n)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 
 from live_helpers import make_avatar, run_frames, turn_ended
 from comfyui_digitalhuman.engine.cosyvoice import pipeline as P

@@ -3,7 +3,6 @@ prepared avatar (tiny MuseTalk weights from the fake hub), updated in place, res
 same link, recorded into the output folder; the voice and chat nodes; the errors a user can make."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 

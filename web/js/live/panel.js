@@ -166,7 +166,6 @@ export function mountPanel(root, { base, sessionId = null, title = true } = {}) 
             const st = media.state();
             if (st === "failed" || st === "closed") {
                 note("info", "video connection lost; reconnecting...");
-                const s = state.session;
                 state.session = null;
                 state.media = null;
                 clearTimeout(state.reconnectTimer);
