@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from ..engine.live.backend import Check
-from .avatar_common import as_ended, base_url, ended_error, envelope_data, rules
+from .avatar_common import as_ended, base_url as _base_url, ended_error, envelope_data, rules
 from .http import ApiError, HttpClient, RetryPolicy, guarded
 from .keys import resolve_api_key
 from .liveavatar import explain
@@ -46,11 +46,11 @@ class HeyGenStreaming(HttpClient):
 
     service = "HeyGen"
 
-    def __init__(self, api_key: str | None = None, base_url_: str | None = None, *, user_dir: str | None = None,
+    def __init__(self, api_key: str | None = None, base_url: str | None = None, *, user_dir: str | None = None,
                  check_interrupt: Callable[[], None] | None = None, retry: RetryPolicy | None = None, **kw):
         self.rules = rules("heygen")
         key = resolve_api_key(api_key, self.rules["key_env"], user_dir, service="HeyGen")
-        super().__init__(base_url(self.rules, base_url_), headers={"X-Api-Key": key, "Accept": "application/json"},
+        super().__init__(_base_url(self.rules, base_url), headers={"X-Api-Key": key, "Accept": "application/json"},
                          secrets=[key], check_interrupt=check_interrupt, retry=retry,
                          read_timeout_s=kw.pop("read_timeout_s", 30.0), **kw)
 
