@@ -164,6 +164,7 @@ class DIDBackend:
         try:
             self.stream = self.api.create_stream(self.source_url, bool(self.rules["stream_warmup"]))
         except ApiError as exc:
+            self.stream = None
             raise explain(exc, self.rules["key_env"]) from None
         self.answered = False
 

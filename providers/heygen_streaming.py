@@ -178,10 +178,12 @@ class HeyGenBackend:
             data = self.session.new(**self.args)
             self.room = {"url": str(data["url"]), "token": str(data["access_token"])}
             self.session.start()
-        except ApiError as exc:
+        except BaseException as exc:  # Cancel too: a session HeyGen created is stopped, not left to bill
             if self.session is not None and self.session.session_id:
                 self.close("start failed")
-            raise explain(exc, self.rules["key_env"]) from None
+            if isinstance(exc, ApiError):
+                raise explain(exc, self.rules["key_env"]) from None
+            raise
         return {"avatar": self.args["avatar"] or self.rules["default_avatar"], "quality": self.args["quality"],
                 "provider_session": self.session.session_id,
                 "duration_limit_s": data.get("session_duration_limit")}

@@ -356,6 +356,7 @@ class LiveAvatarBackend:
         self.emit: Callable[..., int] = lambda *a, **k: 0
         self.ended: Callable[[str], None] = lambda why: None
         self.page_in_room = False
+        self.relay_viewer = ""  # the page that publishes FULL mode's commands into the room (the last to join it)
         self._speaking: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
 
@@ -367,11 +368,20 @@ class LiveAvatarBackend:
         self.api.check_interrupt = check
         try:
             sid, token = self.api.create_session_token(self.config)
-            self.session = self.api.session_api(token)
-            self.session.check_interrupt = check
-            self.started = self.session.start()
         except ApiError as exc:
             raise explain(exc, self.rules["key_env"]) from None
+        self.session = self.api.session_api(token)
+        self.session.check_interrupt = check
+        try:
+            self.started = self.session.start()
+        except BaseException as exc:
+            # Cancel or an error while starting: the start may have reached LiveAvatar, so stop it by its id
+            self.started = StartedSession(sid, "", "")
+            self.close("the start did not complete")
+            self.started = None
+            if isinstance(exc, ApiError):
+                raise explain(exc, self.rules["key_env"]) from None
+            raise
         if self.lite:
             if not self.started.ws_url:
                 self.close("no LITE socket")
@@ -398,7 +408,11 @@ class LiveAvatarBackend:
         ev = body.get("data") if isinstance(body.get("data"), dict) else {}
         kind = str(body.get("event") or ev.get("event_type") or "")
         if kind == "room":
-            self.page_in_room = ev.get("state") == "connected"
+            viewer = str(body.get("viewer") or "")
+            if ev.get("state") == "connected":
+                self.page_in_room, self.relay_viewer = True, viewer
+            elif viewer == self.relay_viewer:
+                self.page_in_room, self.relay_viewer = False, ""
             self.emit("room", state=str(ev.get("state", "")))
         elif kind in ("avatar.speak_started", "avatar.speak_ended"):
             self.emit("speaking" if kind.endswith("started") else "spoken", source="provider")
@@ -415,7 +429,7 @@ class LiveAvatarBackend:
             raise NeedsPage("LiveAvatar FULL mode takes its commands through the LiveKit room the page joined: open this "
                             "session in the Live panel (or its page) first, then send again")
         sid = self.started.session_id if self.started else ""
-        self.emit("command", transport="livekit", topic=self.rules["livekit_command_topic"],
+        self.emit("command", transport="livekit", viewer=self.relay_viewer, topic=self.rules["livekit_command_topic"],
                   payload={"event_id": str(uuid.uuid4()), "event_type": event_type, "session_id": sid, **payload})
 
     def speak_text(self, text: str, mode: str, check: Check) -> dict:

@@ -148,7 +148,7 @@ class RemoteSession:
         log.info("[DigitalHuman] %s session '%s' started (at most %g min)", self.kind, self.name, self.max_minutes)
         return self
 
-    def close(self, reason: str = "closed") -> None:
+    def close(self, reason: str = "closed from the panel or by the server") -> None:
         """Stop the provider's session (once; later calls do nothing) and report the final cost."""
         self._finish(reason, call_backend=True)
 
@@ -210,7 +210,10 @@ class RemoteSession:
     def _check_open(self) -> None:
         if self._closing or self.state == "closed":
             why = f" ({self.ended_reason})" if self.ended_reason else ""
-            raise SessionClosedError(f"the {self.kind} session '{self.name}' has ended{why}; start a new one")
+            usd, _, est = self.cost()
+            raise SessionClosedError(f"the {self.kind} session '{self.name}' has ended{why} after "
+                                     f"{self.elapsed_s / 60:.1f} min, cost ${usd:.3f}{' (estimate)' if est else ''}; "
+                                     "start a new one")
         if self.started_at is None:
             raise SessionClosedError(f"the {self.kind} session '{self.name}' has not started")
 
@@ -524,6 +527,7 @@ class RemoteSession:
             known = vid in self.viewers
             if known:
                 self.viewers[vid] = now
+                self.last_activity = now
         if not known:
             raise ValueError("no such viewer: join again (the page may have been away too long)")
         if step == "ping":

@@ -166,13 +166,14 @@ def test_full_mode_commands_travel_through_the_page(fake):
     b.open(NOCHECK)
     with pytest.raises(NeedsPage, match="open this session in the Live panel"):
         b.speak_text("Hello", "repeat", NOCHECK)
-    b.page_step("event", {"event": "room", "data": {"state": "connected"}}, NOCHECK)
+    b.page_step("event", {"event": "room", "viewer": "page-1", "data": {"state": "connected"}}, NOCHECK)
     b.speak_text("Hello there", "repeat", NOCHECK)
     b.speak_text("What is new?", "chat", NOCHECK)
     b.interrupt(NOCHECK)
     cmds = ev.of("command")
     assert [c["payload"]["event_type"] for c in cmds] == ["avatar.speak_text", "avatar.speak_response", "avatar.interrupt"]
     assert cmds[0]["topic"] == "agent-control" and cmds[0]["payload"]["text"] == "Hello there"
+    assert {c["viewer"] for c in cmds} == {"page-1"}  # addressed to the page in the room: one page publishes it
     assert cmds[0]["payload"]["session_id"] == fake.one().id and cmds[0]["payload"]["event_id"]
     b.page_step("event", {"event": "session.stopped", "data": {"end_reason": "IDLE_TIMEOUT"}}, NOCHECK)
     assert ev.ended == ["LiveAvatar stopped the session (IDLE_TIMEOUT)"]
