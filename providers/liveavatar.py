@@ -182,11 +182,11 @@ class LiveAvatarSessionApi(HttpClient):
         data = self._data(self.request("POST", "v1/sessions/start"), "start session")
         if not isinstance(data, dict) or not data.get("livekit_url") or not data.get("livekit_client_token"):
             raise ApiError(self.service, 200, "start session: the answer holds no LiveKit room (livekit_url, livekit_client_token)")
-        for k in ("livekit_client_token", "livekit_agent_token", "ws_url"):
-            if data.get(k):  # short-lived, but secrets all the same: redacted from every message
-                self._secrets.append(str(data[k]))
-                self._secrets += [v for vs in urllib.parse.parse_qs(urllib.parse.urlsplit(str(data[k])).query).values()
-                                  for v in vs if len(v) >= 8]
+        # short-lived, but secrets all the same: redacted from every message (the socket URL's query
+        # values only: the URL itself names the host, which messages must keep readable)
+        self._secrets += [str(data[k]) for k in ("livekit_client_token", "livekit_agent_token") if data.get(k)]
+        self._secrets += [v for vs in urllib.parse.parse_qs(urllib.parse.urlsplit(str(data.get("ws_url") or "")).query).values()
+                          for v in vs if len(v) >= 8]
         return StartedSession(str(data.get("session_id", "")), str(data["livekit_url"]), str(data["livekit_client_token"]),
                               str(data.get("ws_url") or ""), data.get("max_session_duration"))
 
@@ -235,6 +235,9 @@ class LiteSocket:
             asyncio.set_event_loop(loop)
             try:
                 loop.run_until_complete(self._main(ready, box))
+                pending = asyncio.all_tasks(loop)  # a close still on its way: let it finish
+                if pending:
+                    loop.run_until_complete(asyncio.wait(pending, timeout=5))
             finally:
                 loop.close()
 
@@ -321,10 +324,11 @@ class LiteSocket:
 
     def close(self) -> None:
         self._closing = True
-        if self._ws is not None and self._loop is not None and not self._loop.is_closed():
-            try:
-                asyncio.run_coroutine_threadsafe(self._ws.close(), self._loop).result(5)
-            except Exception:  # noqa: BLE001
+        ws, loop = self._ws, self._loop
+        if ws is not None and loop is not None and not loop.is_closed():
+            try:  # the close coroutine is made inside the loop, so a loop that already ended leaves none behind
+                loop.call_soon_threadsafe(lambda: asyncio.ensure_future(ws.close()))
+            except RuntimeError:
                 pass
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(5)

@@ -87,9 +87,15 @@ class FakeAio:
         self.port = self.call(start())
 
     def down(self) -> None:
-        """Stop listening (and drop open connections): the provider is unreachable."""
+        """Stop listening and cut every open connection (kept-alive HTTP, WebSockets) without a
+        goodbye, as a network that drops does: the provider is unreachable."""
         async def stop():
             await self._site.stop()
+            server = self._runner.server
+            for handler in list(getattr(server, "connections", [])):
+                transport = getattr(handler, "transport", None)
+                if transport is not None:
+                    transport.abort()
 
         self.call(stop())
 

@@ -444,7 +444,8 @@ class RemoteSession:
     # -- the watchdog ------------------------------------------------------------------------
     def _watch(self) -> None:
         s = self.settings
-        next_ka = time.monotonic() + float(self.backend.keep_alive_s) if self.backend.keep_alive_s else None
+        last_ka = time.monotonic()
+        retry_at: float | None = None
         next_cost = time.monotonic() + float(s["cost_event_s"])
         failures = 0
         while not self._stop.wait(float(s["tick_s"])):
@@ -460,8 +461,9 @@ class RemoteSession:
             if why:
                 self.close(why)
                 return
-            if next_ka is not None and now >= next_ka:
-                next_ka = now + float(self.backend.keep_alive_s)
+            every = float(self.backend.keep_alive_s or 0)
+            if every > 0 and (now - last_ka >= every or (retry_at is not None and now >= retry_at)):
+                last_ka, retry_at = now, None
                 try:
                     self.backend.keep_alive(self._stop_check)
                     failures = 0
@@ -477,7 +479,7 @@ class RemoteSession:
                         self.close(f"the provider could not be reached {failures} times in a row (the network dropped?): "
                                    f"{describe(exc)}")
                         return
-                    next_ka = now + min(float(self.backend.keep_alive_s), 10.0)
+                    retry_at = now + min(every, 10.0)  # try again soon, not a whole interval later
             if now >= next_cost:
                 next_cost = now + float(s["cost_event_s"])
                 usd, basis, est = self.cost()
