@@ -38,7 +38,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from ..engine.live.backend import Check
+from ..engine.live.backend import Check, NeedsPage
 from .avatar_common import as_ended, base_url as _base_url, ended_error, rules
 from .http import ApiError, HttpClient, RetryPolicy, guarded
 from .keys import resolve_api_key
@@ -146,6 +146,7 @@ class DIDBackend:
         self.api = DIDStreams(api_key, base_url_, user_dir=user_dir)
         self.stream: dict | None = None
         self.answered = False
+        self.connected = False  # the page reported its peer connection up: talks can be seen
         self.emit: Callable[..., int] = lambda *a, **k: 0
         self.ended: Callable[[str], None] = lambda why: None
         self._lock = threading.Lock()
@@ -166,7 +167,7 @@ class DIDBackend:
         except ApiError as exc:
             self.stream = None
             raise explain(exc, self.rules["key_env"]) from None
-        self.answered = False
+        self.answered = self.connected = False
 
     def open(self, check: Check) -> dict:
         self.api.check_interrupt = check
@@ -222,7 +223,9 @@ class DIDBackend:
                 self.emit("error", where="D-ID stream", message=str(body.get("event"))[:300])
             elif name == "room":
                 data = body.get("data") if isinstance(body.get("data"), dict) else {}
-                self.emit("room", state=str(data.get("state", "")))
+                state = str(data.get("state", ""))
+                self.connected = self.answered and state == "connected"
+                self.emit("room", state=state)
             return {"ok": True}
         raise ValueError(f"a D-ID session takes the steps join, answer, ice, event, ping and leave, not '{step}'")
 
@@ -234,9 +237,15 @@ class DIDBackend:
                 raise as_ended(exc, "D-ID") from None
             raise
 
+    def _need_page(self) -> None:
+        if not self.connected:
+            raise NeedsPage("D-ID streams the talk to the page that answered its offer: open this session in the Live "
+                            "panel (or its page)")
+
     def speak_text(self, text: str, mode: str, check: Check) -> dict:
         if mode != "repeat":
             raise ValueError("D-ID Talks Streams have no chat model: use repeat or audio")
+        self._need_page()
         sid, lb = self._ids
         self.api.check_interrupt = check
         out = self._call(lambda: self.api.talk(sid, lb, {"type": "text", "input": text, "provider": self.voice}))
@@ -244,6 +253,7 @@ class DIDBackend:
         return {"speech_s": float(dur) if isinstance(dur, (int, float)) else None}
 
     def speak_audio_clip(self, samples: np.ndarray, rate: int, check: Check) -> dict:
+        self._need_page()
         sid, lb = self._ids
         self.api.check_interrupt = check
         seconds = len(samples) / float(rate)

@@ -44,7 +44,7 @@ log = logging.getLogger("DigitalHuman.live")
 
 DEFAULTS = {"max_minutes": 10.0, "max_minutes_limit": 120.0, "warn_before_end_s": 60.0, "grace_s": 30.0,
             "unwatched_s": 300.0, "keep_alive_failures": 3, "viewer_timeout_s": 20.0, "max_text_chars": 2000,
-            "tick_s": 0.5, "cost_event_s": 10.0}
+            "page_wait_s": 120.0, "tick_s": 0.5, "cost_event_s": 10.0}
 
 
 class TurnStopped(Exception):
@@ -336,7 +336,7 @@ class RemoteSession:
             self._set_state("speaking")
             check = self._checker(turn.gen)
             try:
-                out = self._speak(turn, check)
+                out = self._speak_when_seen(turn, check)
                 turn.speech_s = out.get("speech_s")
                 turn.info = {k: v for k, v in out.items() if k != "speech_s"}
                 if turn.speech_s:
@@ -362,6 +362,23 @@ class RemoteSession:
                 turn.done.set()
                 if self._q.empty():
                     self._set_state("idle")
+
+    def _speak_when_seen(self, turn: RemoteTurn, check: Callable[[], None]) -> dict:
+        """:meth:`_speak`, waiting up to ``page_wait_s`` for a page where the provider needs one
+        (D-ID's stream, LiveAvatar FULL's commands): a workflow may speak before the panel is open."""
+        deadline = None
+        while True:
+            try:
+                return self._speak(turn, check)
+            except NeedsPage as exc:
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + float(self.settings["page_wait_s"])
+                    self.events.emit("waiting", turn=turn.id, message=describe(exc))
+                if now >= deadline:
+                    raise NeedsPage(f"{describe(exc)} (waited {float(self.settings['page_wait_s']):g} s)") from None
+                check()
+                time.sleep(0.25)
 
     def _speak(self, turn: RemoteTurn, check: Callable[[], None]) -> dict:
         turn.sent_at = self.clock()

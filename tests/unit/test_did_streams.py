@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from fakedid import FakeDID
-from comfyui_digitalhuman.engine.live.backend import ProviderSessionEnded
+from comfyui_digitalhuman.engine.live.backend import NeedsPage, ProviderSessionEnded
 from comfyui_digitalhuman.providers.did_streams import DIDBackend
 from comfyui_digitalhuman.providers.http import ApiError
 
@@ -141,6 +141,9 @@ def test_a_stream_from_an_uploaded_portrait_plays_real_webrtc_video(fake):
         for r in fake.requests[2:]:  # every call after the create echoes the load-balancer cookie
             assert r.json["session_id"] == st.session_id, r.path
         assert wait(lambda: len(viewer.frames) > 10), "no video frames arrived"
+        with pytest.raises(NeedsPage, match="open this session in the Live panel"):
+            b.speak_text("Too early.", "repeat", NOCHECK)  # the page has not said its connection is up
+        b.page_step("event", {"event": "room", "data": {"state": "connected"}}, NOCHECK)
         a, z = viewer.frames[1], viewer.frames[-1]
         assert a.shape == (240, 320, 3) and np.abs(a.astype(int) - z.astype(int)).max() > 100  # the bar moved
         out = b.speak_text("Hello from the portrait.", "repeat", NOCHECK)
@@ -167,6 +170,7 @@ def test_audio_is_uploaded_as_wav_and_spoken(fake):
     viewer = Viewer()
     try:
         b.page_step("answer", {"answer": viewer.answer(b.page_join(NOCHECK)["offer"])}, NOCHECK)
+        b.page_step("event", {"event": "room", "data": {"state": "connected"}}, NOCHECK)
         rate = 22050
         clip = (0.3 * np.sin(2 * np.pi * 220 * np.arange(rate) / rate)).astype(np.float32)
         out = b.speak_pcm(iter([(clip[:10000], rate), (clip[10000:], rate)]), NOCHECK)
@@ -200,6 +204,7 @@ def test_did_errors_are_readable(fake, monkeypatch):
 def test_a_stream_ended_on_did_side_ends_the_session(fake):
     b = DIDBackend(source_url="https://example.org/p.jpg")
     b.open(NOCHECK)
+    b.answered = b.connected = True  # as after a page connected
     fake.expire(fake.one().id)
     with pytest.raises(ProviderSessionEnded, match="D-ID ended the session: stream not found"):
         b.speak_text("Hello?", "repeat", NOCHECK)

@@ -20,7 +20,7 @@ from comfyui_digitalhuman.providers.http import RetryPolicy
 from comfyui_digitalhuman.providers.liveavatar import LiveAvatarBackend, LiveAvatarConfig
 
 AVATAR = "6e0a1b2c-0000-4000-8000-00000000a001"
-FAST = {"tick_s": 0.05, "grace_s": 0.4, "viewer_timeout_s": 0.4, "unwatched_s": 300, "cost_event_s": 0.2}
+FAST = {"tick_s": 0.05, "grace_s": 0.4, "viewer_timeout_s": 0.4, "unwatched_s": 300, "cost_event_s": 0.2, "page_wait_s": 0.5}
 
 
 @pytest.fixture()
@@ -227,7 +227,8 @@ def test_bad_input_is_refused_clearly(la):
 def test_full_mode_without_a_page_reports_it_and_goes_on(la):
     s = RemoteSession(LiveAvatarBackend(LiveAvatarConfig(mode="FULL", avatar_id=AVATAR)), name="f", settings=FAST).start()
     turn = s.wait_turn(s.say("Hello"), timeout_s=5)
-    assert "open this session in the Live panel" in turn.error and s.state == "idle"
+    assert "open this session in the Live panel" in turn.error and "(waited 0.5 s)" in turn.error and s.state == "idle"
+    assert events(s, "waiting")  # the panel was told the turn waits for a page
     join = s.page({"step": "join"})
     assert join["relay"] and join["token"] == la.one().client_token and join["transport"] == "livekit"
     s.page({"step": "event", "viewer": join["viewer"], "event": "room", "data": {"state": "connected"}})

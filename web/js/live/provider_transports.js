@@ -146,6 +146,12 @@ registerTransport("did-webrtc", async (client, session, video) => {
     pc.addEventListener("datachannel", (ev) => ev.channel.addEventListener("message", relay));
     // D-ID's own example opens this channel from the page too; events may arrive on either
     pc.createDataChannel("JanusDataChannel").addEventListener("message", relay);
+    pc.addEventListener("connectionstatechange", () => {
+        // D-ID's talks are sent once this page says its connection is up (they would play unseen before)
+        if (["connected", "failed", "closed"].includes(pc.connectionState)) {
+            steps.quiet({ step: "event", event: "room", data: { state: pc.connectionState } });
+        }
+    });
     let answered = false;
     const early = [];
     pc.addEventListener("icecandidate", (ev) => {
