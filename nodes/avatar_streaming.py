@@ -103,12 +103,27 @@ def _watch_prompt(session) -> None:
         except Exception:  # noqa: BLE001 (the dict changed under us: look again next time)
             return True
 
+    def interrupted_in_history() -> bool:
+        """The finished prompt's status lists ``execution_interrupted`` (ComfyUI records it there)."""
+        for _ in range(20):
+            try:
+                entry = dict(getattr(pq, "history", {})).get(pid)
+            except Exception:  # noqa: BLE001
+                entry = None
+            if entry is not None:
+                msgs = ((entry.get("status") or {}).get("messages") or [])
+                return any(isinstance(m, (list, tuple)) and m and m[0] == "execution_interrupted" for m in msgs)
+            time.sleep(0.1)
+        return False
+
     def loop() -> None:
         while session.state != "closed" and running():
-            if mm.processing_interrupted():
+            if mm.processing_interrupted():  # Cancel pressed: a node will notice soon; stop billing now
                 session.close("the prompt that started it was cancelled")
                 return
             time.sleep(0.25)
+        if session.state != "closed" and interrupted_in_history():
+            session.close("the prompt that started it was cancelled")
 
     threading.Thread(target=loop, name="dh-avatar-prompt-watch", daemon=True).start()
 
