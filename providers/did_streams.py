@@ -147,6 +147,7 @@ class DIDBackend:
         self.stream: dict | None = None
         self.answered = False
         self.connected = False  # the page reported its peer connection up: talks can be seen
+        self.viewer = ""  # the page whose peer answers the current stream
         self.emit: Callable[..., int] = lambda *a, **k: 0
         self.ended: Callable[[str], None] = lambda why: None
         self._lock = threading.Lock()
@@ -180,18 +181,21 @@ class DIDBackend:
         return {"source": "uploaded portrait" if self.portrait else "source_url", "voice": self.voice.get("voice_id", ""),
                 "provider_session": self._ids[0]}
 
-    def page_join(self, check: Check) -> dict:
+    def page_join(self, viewer: str, check: Check) -> dict:
         with self._lock:
-            if self.answered:  # a page already answered this offer (a reload, a second page): a new stream
-                sid, lb = self._ids
+            if self.viewer:  # a page already took this offer (a reload, a second page): that page's stream
+                sid, lb = self._ids  # goes, this one gets a new stream (one D-ID stream, one peer)
                 try:
                     self.api.delete_stream(sid, lb)
                 except ApiError as exc:
                     log.info("[DigitalHuman] D-ID: deleting the replaced stream failed: %s", exc)
                 self._new_stream(check)
+            self.viewer = viewer
             return {"offer": self.stream["offer"], "ice_servers": self.stream.get("ice_servers") or []}
 
     def page_step(self, step: str, body: dict, check: Check) -> dict:
+        if body.get("viewer") is not None and str(body.get("viewer")) != self.viewer:
+            return {"ok": False, "stale": "this page's stream was replaced by a newer page's"}
         sid, lb = self._ids
         self.api.check_interrupt = check
         if step == "answer":

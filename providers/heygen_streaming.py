@@ -188,7 +188,7 @@ class HeyGenBackend:
                 "provider_session": self.session.session_id,
                 "duration_limit_s": data.get("session_duration_limit")}
 
-    def page_join(self, check: Check) -> dict:
+    def page_join(self, viewer: str, check: Check) -> dict:
         if not self.room:
             raise ValueError("the HeyGen session has not started")
         return {"livekit_url": self.room["url"], "token": self.room["token"], "relay": False}

@@ -399,7 +399,7 @@ class LiveAvatarBackend:
         return {"avatar_id": self.config.avatar_id, "mode": self.config.mode, "sandbox": self.config.sandbox,
                 "quality": self.config.quality, "provider_session": self.started.session_id}
 
-    def page_join(self, check: Check) -> dict:
+    def page_join(self, viewer: str, check: Check) -> dict:
         if self.started is None:
             raise ProviderSessionEnded("the LiveAvatar session has not started")
         return {"livekit_url": self.started.livekit_url, "token": self.started.livekit_client_token,

@@ -56,12 +56,13 @@ class AvatarBackend(Protocol):
         """Start the provider's session (mint its short-lived token, start it); returns facts for the
         status (avatar, quality, provider session id): never a key or a token."""
 
-    def page_join(self, check: Check) -> dict:
-        """What a page needs to show the media (a LiveKit URL and client token, or a WebRTC offer and
-        ICE servers): short-lived, scoped to this session, never the API key."""
+    def page_join(self, viewer: str, check: Check) -> dict:
+        """What the page ``viewer`` needs to show the media (a LiveKit URL and client token, or a WebRTC
+        offer and ICE servers): short-lived, scoped to this session, never the API key."""
 
     def page_step(self, step: str, body: dict, check: Check) -> dict:
-        """A step the page reports or asks for (a WebRTC answer or ICE candidate, a data-channel event)."""
+        """A step the page reports or asks for (a WebRTC answer or ICE candidate, a data-channel event);
+        ``body["viewer"]`` says which page (a step of a page whose media were replaced is ignored)."""
 
     def speak_text(self, text: str, mode: str, check: Check) -> dict:
         """Have the avatar say ``text`` (mode "repeat") or answer it (mode "chat"); returns

@@ -533,9 +533,9 @@ class RemoteSession:
         step = str(body.get("step") or "join")
         now = time.monotonic()
         if step == "join":
-            media = self._page_call(lambda: self.backend.page_join(lambda: None))
+            vid = secrets.token_urlsafe(12)
+            media = self._page_call(lambda: self.backend.page_join(vid, lambda: None))
             with self._lock:
-                vid = secrets.token_urlsafe(12)
                 self.viewers[vid] = now
                 self._had_viewer = True
                 self.last_activity = now

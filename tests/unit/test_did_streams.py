@@ -127,7 +127,7 @@ def test_a_stream_from_an_uploaded_portrait_plays_real_webrtc_video(fake):
     assert st.source_url in fake.images and info["provider_session"] == st.id
     create = fake.requests_to("/talks/streams", "POST")[0]
     assert create.json == {"source_url": st.source_url, "stream_warmup": False}
-    page = b.page_join(NOCHECK)
+    page = b.page_join("page-1", NOCHECK)
     assert page["offer"]["type"] == "offer" and page["offer"]["sdp"].startswith("v=0") and page["ice_servers"] == []
     assert fake.api_key not in json.dumps(page) and st.session_id not in json.dumps(page)
     viewer = Viewer()
@@ -169,7 +169,7 @@ def test_audio_is_uploaded_as_wav_and_spoken(fake):
     b.open(NOCHECK)
     viewer = Viewer()
     try:
-        b.page_step("answer", {"answer": viewer.answer(b.page_join(NOCHECK)["offer"])}, NOCHECK)
+        b.page_step("answer", {"answer": viewer.answer(b.page_join("page-1", NOCHECK)["offer"])}, NOCHECK)
         b.page_step("event", {"event": "room", "data": {"state": "connected"}}, NOCHECK)
         rate = 22050
         clip = (0.3 * np.sin(2 * np.pi * 220 * np.arange(rate) / rate)).astype(np.float32)
@@ -215,10 +215,15 @@ def test_a_second_page_gets_a_fresh_stream(fake):
     b.open(NOCHECK)
     viewer = Viewer()
     try:
-        b.page_step("answer", {"answer": viewer.answer(b.page_join(NOCHECK)["offer"])}, NOCHECK)
+        b.page_step("answer", {"answer": viewer.answer(b.page_join("page-1", NOCHECK)["offer"])}, NOCHECK)
         first = b.stream["id"]
-        again = b.page_join(NOCHECK)
+        again = b.page_join("page-2", NOCHECK)
         assert b.stream["id"] != first and fake.streams[first].deleted and again["offer"]["type"] == "offer"
+        # the first page's late candidates and events are dropped, not sent to its deleted stream (which
+        # D-ID would answer 404, and a 404 would end the session)
+        late = b.page_step("ice", {"viewer": "page-1", "candidate": "candidate:1 1 udp 1 1.2.3.4 5 typ host"}, NOCHECK)
+        assert late["ok"] is False and "replaced" in late["stale"]
+        assert fake.streams[b.stream["id"]].candidates == []
     finally:
         viewer.close()
     b.close("test")

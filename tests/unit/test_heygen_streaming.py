@@ -46,7 +46,7 @@ def test_a_session_follows_the_documented_calls(fake):
                       "version": "v2", "video_encoding": "H264", "activity_idle_timeout": 300, "voice": {"voice_id": "v1"},
                       "language": "zh", "knowledge_base": "You sell tea."}
     assert s.state == "started"
-    page = b.page_join(NOCHECK)
+    page = b.page_join("page-1", NOCHECK)
     assert page == {"livekit_url": f"ws://127.0.0.1:{fake.port}/livekit", "token": s.access_token, "relay": False}
     assert fake.api_key not in json.dumps(page) and s.token not in json.dumps(page)
     out = b.speak_text("Hello there!", "repeat", NOCHECK)

@@ -66,7 +66,7 @@ def test_full_session_token_start_keep_alive_stop_follow_the_contract(fake):
     start = fake.requests_to("/v1/sessions/start")[0]
     assert start.headers["Authorization"] == f"Bearer {s.token}" and "X-API-KEY" not in start.headers
     assert info == {"avatar_id": AVATAR, "mode": "FULL", "sandbox": False, "quality": "medium", "provider_session": s.id}
-    page = b.page_join(NOCHECK)
+    page = b.page_join("page-1", NOCHECK)
     assert page["livekit_url"].endswith("/livekit") and page["token"] == s.client_token and page["relay"] is True
     assert fake.api_key not in json.dumps(page) and s.token not in json.dumps(page)
     b.keep_alive(NOCHECK)
