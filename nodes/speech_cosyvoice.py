@@ -247,14 +247,23 @@ class DH_CosyVoiceSpeak:
     def speak(self, cosyvoice: CosyVoiceHandle, voice, text: str, mode: str, speed: float, seed: int,
               instruct: str = "", normalize_text: bool = True, save_subtitles: bool = False,
               filename_prefix: str = "DigitalHuman/speech"):
-        from ..engine.cosyvoice.pipeline import SpeakOptions, plan_script, synthesize
+        from ..engine.cosyvoice.pipeline import IncompleteSpeech, SpeakOptions, plan_script, synthesize
+        from .speech import _keep_partial
 
         model = cosyvoice.model()
         plan = plan_script(text, model.cfg)  # empty text fails here, before any network runs
         bar = Progress(len(plan.pieces))
         opts = SpeakOptions(mode=mode, instruct=instruct, speed=float(speed), seed=int(seed), normalize=bool(normalize_text))
-        with torch.inference_mode():
-            result = synthesize(model, text, voice, opts, progress=bar, check_interrupt=check_interrupt)
+        try:
+            with torch.inference_mode():
+                result = synthesize(model, text, voice, opts, progress=bar, check_interrupt=check_interrupt)
+        except IncompleteSpeech as exc:
+            # what was spoken is kept: saved as a WAV + SRT in the output folder, named in the error or log
+            err = _keep_partial(exc, filename_prefix, "DH_CosyVoiceSpeak")
+            if type(exc.cause).__name__ == "InterruptProcessingException":
+                log.warning("[DigitalHuman] %s", err)
+                raise exc.cause from None
+            raise err from exc.cause
         result.info["pieces"] = len(plan.pieces)
         return speech_outputs(result, save_subtitles, filename_prefix, "CosyVoice 2")
 

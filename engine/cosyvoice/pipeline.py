@@ -48,6 +48,15 @@ class SpeechInputError(ValueError):
     """The text, the voice or the reference clip cannot be used; the message names which."""
 
 
+class IncompleteSpeech(RuntimeError):
+    """Synthesis stopped (an error, or Cancel) after some pieces: ``partial`` holds the speech of the
+    pieces finished (None when none was), ``cause`` the original exception."""
+
+    def __init__(self, message: str, partial: SpeechResult | None, cause: BaseException, done: int, total: int):
+        super().__init__(message)
+        self.partial, self.cause, self.done, self.total = partial, cause, done, total
+
+
 @dataclass
 class CosyVoiceModel:
     """The loaded networks and text front end (what Load CosyVoice gives)."""
@@ -248,10 +257,29 @@ def synthesize(model: CosyVoiceModel, text: str, voice: Voice, opts: SpeakOption
     plan = plan_script(text, model.cfg)
     sr = int(model.sample_rate)
     per_piece: list[list[np.ndarray]] = [[] for _ in plan.pieces]
-    for chunk in speak_pieces(model, plan, voice, SpeakOptions(**{**opts.__dict__, "stream": False}),
-                              progress, check_interrupt):
-        if chunk.kind == "speech":
-            per_piece[chunk.piece].append(chunk.samples)
+    completed = [0]
+
+    def finished(done: int, total: int) -> None:
+        completed[0] = done
+        if progress is not None:
+            progress(done, total)
+
+    try:
+        for chunk in speak_pieces(model, plan, voice, SpeakOptions(**{**opts.__dict__, "stream": False}),
+                                  finished, check_interrupt):
+            if chunk.kind == "speech":
+                per_piece[chunk.piece].append(chunk.samples)
+    except Exception as exc:  # noqa: BLE001 - whatever stopped it (Cancel included), keep the finished pieces
+        done = completed[0]
+        if not done:
+            raise  # nothing was finished: the original error as it is
+        sub = Plan(plan.source, plan.sentences, plan.pieces[:done])
+        partial = assemble(sub, [PieceAudio(np.concatenate(p) if p else np.zeros(0, np.float32), sr)
+                                 for p in per_piece[:done]], trim_outer=False)
+        where = plan.pieces[min(done, len(plan.pieces) - 1)]
+        raise IncompleteSpeech(
+            f"CosyVoice stopped in piece {done + 1} of {len(plan.pieces)} (characters {where.start}-{where.end}): "
+            f"{type(exc).__name__}: {exc}", partial, exc, done, len(plan.pieces)) from exc
     audios = [PieceAudio(np.concatenate(p) if p else np.zeros(0, np.float32), sr) for p in per_piece]
     result = assemble(plan, audios, trim_outer=False)
     result.info.update({"voice": "cosyvoice2", "mode": opts.mode, "seed": int(opts.seed)})

@@ -148,6 +148,49 @@ def test_long_script_is_spoken_piece_by_piece_with_pauses_and_timings(model, voi
     assert [c.kind for c in chunks].count("pause") == len(plan.pieces) - 1
 
 
+def test_a_stop_after_some_pieces_keeps_what_was_spoken(model, voice):
+    text = "First paragraph here.\n\nSecond paragraph here.\n\nThird paragraph here."
+    plan = P.plan_script(text, model.cfg)
+    assert len(plan.pieces) == 3
+    done = []
+
+    class Stop(Exception):
+        pass
+
+    def interrupt():
+        if len(done) == 2:
+            raise Stop("cancelled")
+
+    with pytest.raises(P.IncompleteSpeech) as e:
+        P.synthesize(model, text, voice, P.SpeakOptions(seed=2), progress=lambda d, t: done.append(d), check_interrupt=interrupt)
+    err = e.value
+    assert isinstance(err.cause, Stop) and err.done == 2 and err.total == 3
+    assert "piece 3 of 3" in str(err)
+    whole = P.synthesize(model, "First paragraph here.\n\nSecond paragraph here.", voice, P.SpeakOptions(seed=2))
+    np.testing.assert_array_equal(err.partial.samples, whole.samples)  # the two finished pieces, as spoken
+    assert [s.text for s in err.partial.sentences] == ["First paragraph here.", "Second paragraph here."]
+
+
+def test_twenty_thousand_characters_are_planned_whole_in_bounded_pieces(model):
+    import time
+
+    text = ("Our teacher explains the lesson slowly, with 3 examples and a summary. " * 150
+            + "老师慢慢地讲解这一课，举了三个例子并做了总结。" * 200)[:20000]
+    t = time.perf_counter()
+    plan = P.plan_script(text, model.cfg)
+    assert time.perf_counter() - t < 10
+    joined = "".join(plan.source[p.start:p.end] for p in plan.pieces)
+    assert joined.replace(" ", "") == text.strip().replace(" ", "")  # nothing dropped
+    # each piece within the plan's estimate of the reference's piece size (the reference's own split
+    # then cuts by real token counts; the tiny test tokenizer spends 3 tokens on a CJK character)
+    from comfyui_digitalhuman.engine.speech.sentences import token_budget
+
+    fe = model.cfg["frontend"]
+    budget = token_budget(fe["split_token_max_n"], fe["plan_cjk_tokens_per_char"], fe["plan_other_chars_per_token"])
+    assert max(sum(budget.weight(ch) for ch in p.text) for p in plan.pieces) <= budget.limit
+    assert len(plan.pieces) > 100
+
+
 def test_cancel_inside_a_piece_stops_and_keeps_nothing_half_made(model, voice):
     calls = {"n": 0}
 
