@@ -203,7 +203,7 @@ class DH_CosyVoiceLiveVoice:
             "cosyvoice": ("DH_COSYVOICE", {"tooltip": "From Load CosyVoice 2."}),
             "voice": ("DH_COSYVOICE_VOICE", {"tooltip": "From CosyVoice Clone Voice or CosyVoice Load Voice."}),
             "mode": (list(MODES), {"default": "zero_shot", "tooltip": "zero_shot: continue the clip's voice and manner (needs its transcript); cross_lingual: the voice in another language; instruct: with the style instruction below."}),
-            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF, "control_after_generate": False, "tooltip": "The same seed gives the same speech for the same sentence."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF, "control_after_generate": True, "tooltip": "The same seed gives the same speech for the same sentence."}),
         }, "optional": {
             "instruct": ("STRING", {"multiline": True, "default": "", "tooltip": "instruct mode: how to speak, e.g. 'Speak warmly and calmly.'"}),
             "normalize_text": ("BOOLEAN", {"default": True, "tooltip": "Spell out numbers, dates and units before speaking."}),

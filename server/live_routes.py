@@ -10,10 +10,12 @@ voice and chat model, nothing else of them.
 Routes (prefix ``/digitalhuman/live``):
 
 - ``GET  /sessions``: every session the panel can show (ours and, later, providers').
-- ``GET  /page``: the standalone page (``#s=<id>`` picks the session); ``GET /static/<file>``: its files.
+- ``GET  /page``: the standalone page (``#s=<id>`` picks the session); ``GET /static/<file>``: its files;
+  ``GET /static/vendor/<file>``: the vendored LiveKit client (loaded only for LiveKit sessions).
 - ``GET  /s/{id}``: status; ``GET /s/{id}/events?after=N&wait=S``: events after N (long poll).
 - ``POST /s/{id}/connect``: media. ``webrtc-offer`` sessions: ``{sdp, type: "offer"}`` -> the answer
-  and a viewer id; other transports are handled by the session's own ``connect(body)``.
+  and a viewer id; other transports are handled by the session's own ``connect(body)`` (the
+  providers' sessions, ``engine/live/remote.py``: ``{step: join|ping|leave|answer|ice|event, ...}``).
 - ``POST /s/{id}/viewers/{vid}/ping`` (keep-alive) and ``/close``.
 - ``POST /s/{id}/say`` ``{text, mode: "repeat"|"chat"}``; ``POST /s/{id}/audio`` (a clip as the body);
   ``POST /s/{id}/stop``; ``POST /s/{id}/close``.
@@ -39,7 +41,9 @@ log = logging.getLogger("DigitalHuman.live")
 PREFIX = "/digitalhuman/live"
 STATIC_DIR = Path(__file__).resolve().parents[1] / "web" / "js" / "live"
 STATIC_FILES = {"client.js": "text/javascript", "panel.js": "text/javascript", "page.js": "text/javascript",
-                "page.html": "text/html"}
+                "provider_transports.js": "text/javascript", "page.html": "text/html"}
+VENDOR_DIR = STATIC_DIR.parent / "vendor"
+VENDOR_FILES = {"livekit-client.esm.mjs": "text/javascript"}  # web/js/vendor/README.md says where they come from
 SID = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 
 
@@ -70,6 +74,7 @@ class LiveRoutes:
             web.get(f"{p}/sessions", self.sessions),
             web.get(f"{p}/page", self.page),
             web.get(f"{p}/static/{{name}}", self.static),
+            web.get(f"{p}/static/vendor/{{name}}", self.vendor),
             web.get(f"{p}/s/{{sid}}", self.status),
             web.get(f"{p}/s/{{sid}}/events", self.events),
             web.post(f"{p}/s/{{sid}}/connect", self.connect),
@@ -162,6 +167,14 @@ class LiveRoutes:
         if name not in STATIC_FILES:
             return _error(404, "no such file")
         return web.Response(body=(STATIC_DIR / name).read_bytes(), content_type=STATIC_FILES[name], headers=_NO_STORE)
+
+    @guard
+    async def vendor(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        if name not in VENDOR_FILES:
+            return _error(404, "no such file")
+        return web.Response(body=(VENDOR_DIR / name).read_bytes(), content_type=VENDOR_FILES[name],
+                            headers={"Cache-Control": "public, max-age=86400", "X-Content-Type-Options": "nosniff"})
 
     # -- one session -------------------------------------------------------------------------
     @guard

@@ -8,5 +8,7 @@
   per-frame audio);
 - :mod:`.clock`: the media clock; :mod:`.record`: the MP4 + transcript recorder;
 - :mod:`.registry`: the process's sessions (ids, bounds, idle reaper); :mod:`.chat`: the chat-model
-  protocol and the conversation sent to it; settings in ``data/live.json`` (:mod:`.config`).
+  protocol and the conversation sent to it; settings in ``data/live.json`` (:mod:`.config`);
+- :mod:`.remote`: a provider's streaming avatar (LiveAvatar, HeyGen, D-ID) as a panel session, driving
+  a backend of the protocol in :mod:`.backend` (the backends are in ``providers/``).
 """

@@ -108,7 +108,7 @@ app.registerExtension({
         }
     },
     async beforeRegisterNodeDef(nodeType, nodeData) {
-        if (nodeData.name !== "DH_LiveSession") return;
+        if (nodeData.name !== "DH_LiveSession" && nodeData.name !== "DH_AvatarSessionStart") return;
         const executed = nodeType.prototype.onExecuted;
         nodeType.prototype.onExecuted = function (message) {
             const r = executed?.apply(this, arguments);

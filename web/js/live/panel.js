@@ -3,6 +3,7 @@
 // floating panel (dh_live.js) and into the standalone page (page.js). A pure module: nothing happens
 // until mountPanel() is called. Every text from the server goes in with textContent, never as HTML.
 import { ChangeDetector, LiveClient } from "./client.js";
+import "./provider_transports.js";  // LiveKit rooms (LiveAvatar, HeyGen) and D-ID's WebRTC offer
 
 const CSS = `
 .dhl { font: 13px/1.4 system-ui, sans-serif; color: #ddd; display: flex; flex-direction: column; gap: 6px; padding: 6px; box-sizing: border-box; height: 100%; }
@@ -178,6 +179,7 @@ export function mountPanel(root, { base, sessionId = null, title = true } = {}) 
     }
 
     function onEvent(ev) {
+        state.media?.onEvent?.(ev);  // a provider's transport acts on its own events (LiveAvatar FULL's commands)
         switch (ev.type) {
             case "state": setBadge(ev.state); if (ev.state === "closed") { note("info", "the session ended"); closeMedia().then(() => setTimeout(refresh, 1500)); } break;
             case "turn": note("user", `${ev.mode === "audio" ? "\u{1F3A4}" : "you"}: ${ev.text}`); state.answerEl = null; break;
@@ -193,11 +195,26 @@ export function mountPanel(root, { base, sessionId = null, title = true } = {}) 
                 showLatency();
                 break;
             case "updated": if (ev.modes) applyModes(ev.modes); note("info", `updated: voice ${ev.voice || "none"}, chat ${ev.chat || "none"}`); break;
+            // providers' sessions (engine/live/remote.py)
+            case "started": note("info", `${ev.kind} started (stops by itself after ${ev.max_minutes} min)`); break;
+            case "cost": state.cost = ev; showLatency(); if (ev.final) note("info", `cost ${money(ev)} for ${ev.minutes} min`); break;
+            case "ending": note("info", `this session stops in ${Math.round(ev.in_s)} s (its max minutes)`); msg.textContent = `ends in ${Math.round(ev.in_s)} s`; break;
+            case "transcript": note(ev.who === "user" ? "user" : "avatar", `${ev.who}: ${ev.text}`); break;
+            case "speaking": setBadge("speaking"); break;
+            case "spoken": setBadge("idle"); break;
             default: break;
         }
     }
 
+    function money(c) { return `$${Number(c.usd).toFixed(3)}${c.estimated ? " (estimate)" : ""}`; }
+
     function showLatency(extra = "") {
+        if (state.cost && state.session?.transport !== "webrtc-offer") {
+            const c = state.cost;
+            lat.textContent = `cost so far ${money(c)} \u00B7 ${c.minutes} min` + (c.ends_in_s !== undefined ? ` \u00B7 stops in ${Math.round(c.ends_in_s)} s` : "")
+                + (state.statsLine ? `\n${state.statsLine}` : "");
+            return;
+        }
         const l = state.lat;
         const f = (v) => (v === undefined ? "-" : `${Math.round(v)} ms`);
         lat.textContent = `send\u2192first audio ${f(l.first_audio_ms)} \u00B7 \u2192first speaking frame ${f(l.first_frame_ms)} (server)`
@@ -289,7 +306,10 @@ export function mountPanel(root, { base, sessionId = null, title = true } = {}) 
 
     file.addEventListener("change", () => { if (file.files.length) sendClip(file.files[0]); file.value = ""; });
     text.addEventListener("keydown", (e) => { if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); submit(); } });
-    picker.addEventListener("change", () => { const s = state.sessions.find((x) => x.id === picker.value); if (s) open(s); });
+    picker.addEventListener("change", () => {
+        const s = state.sessions.find((x) => x.id === picker.value);
+        if (s && s.id !== state.session?.id) open(s);  // the one already open is not joined again
+    });
     setMode("repeat");
     refresh();
     const timer = setInterval(refresh, 4000);
