@@ -49,9 +49,47 @@ def test_audio_windows_match_reference(ref, testdata):
     np.testing.assert_allclose(got[12].numpy(), ref["audio_ref_frame12"].astype(np.float32), atol=5e-3, rtol=1e-3)
 
 
+PE_ROWS = [0, 1, 7, 49]
+
+
+def pe_error(table: np.ndarray, ref: np.ndarray) -> float:
+    """Largest difference from the recorded PE rows, as a fraction of what fp32 rounding allows.
+
+    Entry (p, j) is sin or cos of a = p * w_k, w_k = 10000**(-2k/384). In float32, w_k comes from
+    exp (within ~1 ulp in any implementation, so two differ by <= 2 eps relative), the product
+    p * w_k rounds once more (0.5 ulp each side), and sin/cos add ~1 ulp of a value <= 1. Two
+    faithful float32 implementations thus differ by <= 3 eps |a| + 2 eps; the bound is
+    4 eps (|a| + 1), eps = 2**-23. The argument grows with the position: at p = 49, ulp(a) is up to
+    2**-18, and an AVX2-less CPU's sin/cos (MKL's SSE4.2 path) differed by 1.9e-6 there.
+    """
+    k = (np.arange(table.shape[1]) // 2) * 2
+    arg = np.asarray(PE_ROWS, np.float64)[:, None] * np.exp(-np.log(10000.0) * k / table.shape[1])
+    bound = 4 * np.finfo(np.float32).eps * (np.abs(arg) + 1)
+    return float((np.abs(table.astype(np.float64) - ref) / bound).max())
+
+
 def test_positional_encoding_matches_reference(ref):
-    table = N.positional_encoding(50, 384)
-    np.testing.assert_allclose(table[[0, 1, 7, 49]].numpy(), ref["pe_ref_rows_0_1_7_49"], atol=1e-6, rtol=0)
+    table = N.positional_encoding(50, 384)[PE_ROWS].numpy()
+    assert pe_error(table, ref["pe_ref_rows_0_1_7_49"]) <= 1
+
+
+def _pe_numpy(dtype, swap: bool = False, base: float = 10000.0) -> np.ndarray:
+    """The PE rows computed by numpy (its own exp/sin/cos) in ``dtype``, optionally with a bug."""
+    k = np.arange(0, 384, 2, dtype=dtype) * dtype(-np.log(base) / 384)
+    arg = np.asarray(PE_ROWS, dtype)[:, None] * np.exp(k)
+    out = np.zeros((len(PE_ROWS), 384), dtype)
+    out[:, 0::2], out[:, 1::2] = (np.cos(arg), np.sin(arg)) if swap else (np.sin(arg), np.cos(arg))
+    return out.astype(np.float32)
+
+
+def test_positional_encoding_bound_admits_other_faithful_math_and_fails_a_wrong_table(ref):
+    """Other correct float32 (numpy's libm) or correctly rounded (float64) tables pass; a 1e-6
+    absolute tolerance failed them (up to 6.8e-6 at p = 49). A wrong table is far outside."""
+    want = ref["pe_ref_rows_0_1_7_49"]
+    assert pe_error(_pe_numpy(np.float32), want) <= 1
+    assert pe_error(_pe_numpy(np.float64), want) <= 1
+    assert pe_error(_pe_numpy(np.float32, swap=True), want) > 1000
+    assert pe_error(_pe_numpy(np.float32, base=9999.0), want) > 1
 
 
 def test_unet_step_matches_reference(ref):
