@@ -54,3 +54,19 @@ def assert_within(actual, expected, bound, what: str = "") -> None:
     assert ratio.size == 0 or ratio[worst] <= 1, (
         f"{what}: |difference| {diff[worst]:.3g} exceeds the rounding bound {b[worst]:.3g} at {tuple(map(int, worst))} "
         f"({a[worst]!r} vs {e[worst]!r})")
+
+
+# LivePortrait's keypoint composition scale * (kp @ R + exp) + t: per output entry, a relative
+# rotation R = R_d @ R_0^T @ R_s takes two 3x3 products (2 x 5 roundings), kp @ R five more, then
+# + exp, x scale, + t, and the pipeline re-associates a few of these (x_s + (x - x_s) * m, ...):
+# <= 24 roundings, each relative to M = |scale| * (sum_j |kp_j| + |exp|) + |t| (|R_ij| <= 1).
+KEYPOINT_OPERATIONS = 24
+
+
+def keypoint_bound(scale: torch.Tensor, kp: torch.Tensor, exp_magnitude: torch.Tensor, t: torch.Tensor,
+                   operations: int = KEYPOINT_OPERATIONS) -> np.ndarray:
+    """Bound ``[B,21,3]`` for two float32 evaluations of ``scale * (kp @ R + exp) + t``; ``scale``
+    ``[B,1]``, ``kp`` ``[B,21,3]``, ``exp_magnitude`` ``[B,21,3]`` (the sum of |terms| making up the
+    expression), ``t`` ``[B,3]``."""
+    mag = scale.abs()[..., None] * (kp.abs().sum(-1, keepdim=True) + exp_magnitude.abs()) + t.abs()[:, None, :]
+    return chain_bound(mag, operations)

@@ -112,6 +112,10 @@ def test_spectral_conv_matches_torch_spectral_norm_eval(cin: int, cout: int, k: 
         # eval mode: sigma = u . (W v) from the stored vectors, no power iteration
         w = ref.weight_orig.reshape(cout, -1)
         sigma = torch.dot(ref.weight_u, w @ ref.weight_v)
+    # Both sides run the same float32 operations in the same order (torch's eval-mode spectral norm is
+    # dot(u, mv(W, v)), then W / sigma and the same conv), so they agree bit for bit on any CPU; the
+    # tolerances only leave room for a torch that reorders them. A wrong sigma (one more power
+    # iteration, or the true top singular value) moves the output by 0.02 to 0.2.
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
     torch.testing.assert_close(ours.weight(), ref.weight_orig / sigma, rtol=0, atol=1e-7)
     # the stored vectors are left untouched by our forward

@@ -25,6 +25,7 @@ import torch
 from comfyui_digitalhuman.engine.liveportrait import keypoints as K
 from comfyui_digitalhuman.engine.liveportrait.networks import build_network, default_config
 from comfyui_digitalhuman.model_loaders import liveportrait as lp
+from rounding import NETWORK_ATOL, U
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "liveportrait" / "reference_outputs.npz"
 SEEDS = {"F": 11, "M": 12, "W": 13, "G": 14, "S": 15, "inputs": 20}
@@ -186,15 +187,12 @@ def test_sample_index_is_exact() -> None:
     assert sample_index(131072)[214] == 73235
 
 
-# Tolerances, from fp32 rounding (u = 2**-24). Our kernels and the reference's sum each conv or
-# matmul in their own order (AVX-512, AVX2 or scalar ATen kernels; oneDNN or im2col + BLAS), so a
-# layer's output moves by about sqrt(K)*u of its activation scale (K <= 2304 taps: <= 50u), and that
-# adds up over <= ~20 layers of gain ~1 (as a random walk, ~220u). atol = 2e-5 * scale = 335u * scale,
-# scale being the largest stored sample (at least 1), plus rtol 1e-4 for large values; statistics are
-# sums over n elements, so n times that. Measured across the CPU paths of docs/DEVELOPING.md: <= 47u
-# * scale (8 % of the bound). A 0.1 % change of a single layer's weights already exceeds it 17-fold
-# (test_parity_check_catches_weight_slips).
-SAMPLE_ATOL, SAMPLE_RTOL = 2e-5, 1e-4
+# Tolerances: a network's fp32 rounding (tests/rounding.py: NETWORK_ATOL * scale = 335u * scale,
+# scale being the largest stored sample, at least 1), plus rtol 1e-4 for large values; statistics
+# are sums over n elements, so n times that. Measured across the CPU paths of docs/DEVELOPING.md:
+# <= 47u * scale (8 % of the bound). A 0.1 % change of a single layer's weights already exceeds it
+# 17-fold (test_parity_check_catches_weight_slips).
+SAMPLE_ATOL, SAMPLE_RTOL = NETWORK_ATOL, 1e-4
 
 
 def assert_matches(tag: str, mine: dict, reference: dict) -> None:
@@ -247,13 +245,17 @@ def test_motion_multiplier_matches_reference(reference: dict, ours: dict) -> Non
 
 def test_rotation_convention_is_row_vector_zyx() -> None:
     """Independent check: yaw=90 maps the x axis onto -z in the row-vector convention used by ``kp @ R``."""
+    # Entries of R are products of up to three float32 sin/cos (each within ~1 ulp, 2u, of the true
+    # value; cos(pi/2) in float32 is -4.4e-8, not 0), summed in pairs: <= 8u each. R @ R.T and det(R)
+    # are then within 2 * sqrt(3) * 8u + 3u (resp. 3 * 8u + 6u) of I and 1: 32u bounds both.
+    tol = 32 * U
     zero, ninety = torch.zeros(1, 1), torch.full((1, 1), 90.0)
     r = K.rotation_matrix(zero, ninety, zero)
     torch.testing.assert_close(torch.tensor([[1.0, 0.0, 0.0]]) @ r[0], torch.tensor([[0.0, 0.0, -1.0]]),
-                               atol=1e-6, rtol=0)
+                               atol=tol, rtol=0)
     r = K.rotation_matrix(torch.full((1, 1), 30.0), torch.full((1, 1), -20.0), torch.full((1, 1), 10.0))
-    torch.testing.assert_close(r[0] @ r[0].T, torch.eye(3), atol=1e-6, rtol=0)
-    assert torch.linalg.det(r[0]).item() == pytest.approx(1.0, abs=1e-6)
+    torch.testing.assert_close(r[0] @ r[0].T, torch.eye(3), atol=tol, rtol=0)
+    assert torch.linalg.det(r[0]).item() == pytest.approx(1.0, abs=tol)
 
 
 def test_bins_to_degrees_peaks_at_bin_centre() -> None:
