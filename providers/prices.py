@@ -87,3 +87,47 @@ def sum_costs(costs: list[tuple[str, float]], items_text: str = "", prices: dict
     total = round(total, 6)
     lines.append(f"total: ${total:.3f} (estimate)")
     return total, "\n".join(lines)
+
+
+# -- speech ----------------------------------------------------------------------------------------
+
+@dataclass
+class SpeechPrice:
+    """USD of one synthesis and the rule applied ("characters", "tokens", "minutes", "credits").
+
+    Rounded to 1e-9 USD, not to the cent: one sentence costs a few millionths of a dollar."""
+
+    usd: float
+    basis: str
+    estimated: bool
+
+
+def openai_speech_cost(model: str, chars: int, audio_seconds: float, usage: dict | None = None,
+                       prices: dict | None = None) -> SpeechPrice:
+    """OpenAI speech: per character (tts-1, tts-1-hd), per token when the usage is known
+    (gpt-4o-mini-tts SSE), else per minute of the audio received (OpenAI's own estimate)."""
+    table = (prices or load_prices())["speech"]["openai"]
+    row_name = model if model in table and not model.startswith("_") else "default"
+    row = table[row_name]
+    if row_name == "default":
+        log.info("no speech price listed for OpenAI model '%s'; using the default per-minute row", model)
+    if "usd_per_1m_chars" in row:
+        return SpeechPrice(round(chars * float(row["usd_per_1m_chars"]) / 1e6, 9), "characters", row_name == "default")
+    if usage and "usd_per_1m_input_tokens" in row and usage.get("output_tokens") is not None:
+        usd = (float(usage.get("input_tokens") or 0) * float(row["usd_per_1m_input_tokens"])
+               + float(usage["output_tokens"]) * float(row["usd_per_1m_audio_tokens"])) / 1e6
+        return SpeechPrice(round(usd, 9), "tokens", False)
+    return SpeechPrice(round(audio_seconds / 60.0 * float(row["usd_per_minute"]), 9), "minutes", True)
+
+
+def elevenlabs_speech_cost(model: str, chars: int, credits: float | None = None, plan: str | None = None,
+                           prices: dict | None = None) -> SpeechPrice:
+    """ElevenLabs: credits (the ``character-cost`` header when given, else characters x the model's
+    credits per character) x USD per credit of ``plan`` (the table's 'plan' when None)."""
+    table = (prices or load_prices())["speech"]["elevenlabs"]
+    plan = plan or table["plan"]
+    if plan not in table["usd_per_credit"]:
+        raise ValueError(f"ElevenLabs plan '{plan}' is not in the price table; known: {', '.join(sorted(table['usd_per_credit']))}")
+    per_char = table["credits_per_char"].get(model, table["credits_per_char"]["default"])
+    used = float(credits) if credits is not None else chars * float(per_char)
+    return SpeechPrice(round(used * float(table["usd_per_credit"][plan]), 9), "credits", credits is None)

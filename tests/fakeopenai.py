@@ -7,9 +7,20 @@ It follows the documented contract: ``POST /v1/images/generations`` (JSON body) 
 generation image ``i`` is a solid colour ``gen_color(i)``; an edit returns the first uploaded
 image mirrored left-right.
 
+Speech: ``POST /v1/audio/speech`` follows "Create speech": JSON ``{model, input, voice,
+instructions?, response_format?, speed?, stream_format?}``; unknown fields, ``input`` over 4096
+characters, ``instructions`` or ``stream_format: "sse"`` with tts-1/tts-1-hd, a speed outside
+0.25-4.0 or an unknown voice/format are 400 errors. The answer is the audio of
+:func:`fakespeech.render` (24 kHz) as pcm (raw 16-bit LE), wav, or mp3/opus/aac/flac encoded with
+PyAV, sent in HTTP chunks of ``server.chunk_bytes`` (odd, so samples straddle chunks);
+``stream_format: "sse"`` answers ``speech.audio.delta`` events (base64 audio) and a
+``speech.audio.done`` event with ``usage`` (input tokens: ceil(characters / 4); output tokens: one
+per 20 ms of audio).
+
 Behaviour per request is scripted with ``server.script`` (consumed in order), entries:
-``("status", code, headers_dict)`` e.g. ``("status", 429, {"Retry-After": "1"})``, or
-``("hang", seconds)``. Every request is captured in ``server.requests``.
+``("status", code, headers_dict)`` e.g. ``("status", 429, {"Retry-After": "1"})``,
+``("hang", seconds)``, or ``("stall", after_bytes, seconds)`` (an audio answer that stops after
+some bytes). Every request is captured in ``server.requests``.
 """
 from __future__ import annotations
 
@@ -26,7 +37,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 from PIL import Image
 
+import fakespeech
+
 KNOWN_MODELS = {"gpt-image-1", "gpt-image-1-mini", "gpt-image-1.5", "gpt-image-2"}
+SPEECH_MODELS = {"gpt-4o-mini-tts", "gpt-4o-mini-tts-2025-12-15", "tts-1", "tts-1-hd"}
+SPEECH_VOICES = {"alloy", "ash", "ballad", "cedar", "coral", "echo", "fable", "marin", "nova", "onyx", "sage", "shimmer", "verse"}
+SPEECH_FORMATS = {"mp3", "opus", "aac", "flac", "wav", "pcm"}
+SPEECH_FIELDS = {"model", "input", "voice", "instructions", "response_format", "speed", "stream_format"}
+SPEECH_RATE = 24000
 
 
 def gen_color(i: int) -> tuple[int, int, int]:
@@ -84,6 +102,9 @@ class FakeOpenAI(ThreadingHTTPServer):
         self.script: list[tuple] = []
         self.requests: list[Captured] = []
         self.lock = threading.Lock()
+        self.chunk_bytes = 4001  # audio answers go out in chunks of this many bytes
+        self.chunk_delay_s = 0.0
+        self.chunks_sent = 0
         self.thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     def handle_error(self, request, client_address) -> None:
@@ -110,7 +131,7 @@ def _error(status: int, message: str, etype: str, code: str | None) -> tuple[int
     return status, {"error": {"message": message, "type": etype, "param": None, "code": code}}, {}
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(fakespeech.AudioAnswers, BaseHTTPRequestHandler):
     server: FakeOpenAI
     protocol_version = "HTTP/1.1"
 
@@ -140,8 +161,11 @@ class _Handler(BaseHTTPRequestHandler):
         with self.server.lock:
             self.server.requests.append(cap)
             step = self.server.script.pop(0) if self.server.script else None
+        stall = None
         if step is not None:
-            if step[0] == "hang":
+            if step[0] == "stall":
+                stall = (step[1], step[2])
+            elif step[0] == "hang":
                 time.sleep(step[1])
                 return self._send(*_error(500, "hung", "server_error", None))
             if step[0] == "status":
@@ -157,6 +181,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._generations(cap)
         if self.path == "/v1/images/edits":
             return self._edits(cap)
+        if self.path == "/v1/audio/speech":
+            return self._speech(cap, stall)
         return self._send(*_error(404, f"Invalid URL (POST {self.path})", "invalid_request_error", None))
 
     def _check(self, params: dict) -> tuple[int, dict, dict] | None:
@@ -202,3 +228,59 @@ class _Handler(BaseHTTPRequestHandler):
         first = np.asarray(Image.open(io.BytesIO(imgs[0][3])).convert("RGB"))
         pngs = [_png(np.ascontiguousarray(first[:, ::-1])) for _ in range(int(cap.form.get("n", 1)))]
         self._answer(pngs, cap.form)
+
+    # -- speech ------------------------------------------------------------------------------
+    def _speech(self, cap: Captured, stall: tuple[int, float] | None) -> None:
+        p = cap.json or {}
+        bad = lambda msg, param=None: self._send(400, {"error": {"message": msg, "type": "invalid_request_error",  # noqa: E731
+                                                                 "param": param, "code": None}})
+        extra = sorted(set(p) - SPEECH_FIELDS)
+        if extra:
+            return bad(f"Unrecognized request argument supplied: {extra[0]}", extra[0])
+        model = p.get("model")
+        if model not in SPEECH_MODELS:
+            return bad(f"Invalid value for 'model' = {model}.", "model")
+        text = p.get("input")
+        if not isinstance(text, str) or not text:
+            return bad("Missing required parameter: 'input'.", "input")
+        if len(text) > 4096:
+            return bad(f"[{{'type': 'string_too_long', 'loc': ('body', 'input'), 'msg': 'String should have at most 4096 characters', 'ctx': {{'max_length': 4096}}}}] ({len(text)} given)", "input")
+        voice = p.get("voice")
+        if not ((isinstance(voice, str) and voice in SPEECH_VOICES)
+                or (isinstance(voice, dict) and str(voice.get("id", "")).startswith("voice_"))):
+            return bad(f"Invalid value for 'voice': {voice!r}.", "voice")
+        classic = model.startswith("tts-1")
+        if classic and "instructions" in p:
+            return bad("instructions are not supported with tts-1 or tts-1-hd", "instructions")
+        fmt = p.get("response_format", "mp3")
+        if fmt not in SPEECH_FORMATS:
+            return bad(f"Invalid value for 'response_format': {fmt}.", "response_format")
+        speed = float(p.get("speed", 1.0))
+        if not 0.25 <= speed <= 4.0:
+            return bad(f"Invalid 'speed': {speed}. Expected a value between 0.25 and 4.0.", "speed")
+        sfmt = p.get("stream_format", "audio")
+        if sfmt not in ("audio", "sse") or (sfmt == "sse" and classic):
+            return bad(f"stream_format '{sfmt}' is not supported for {model}", "stream_format")
+        pcm = fakespeech.render(text, SPEECH_RATE, speed)
+        audio = self._format(pcm, fmt)
+        if sfmt == "sse":
+            events = []
+            step = 3001  # odd byte counts per delta, as a real encoder's frames need not align with samples
+            for k in range(0, len(audio), step):
+                events.append({"type": "speech.audio.delta", "audio": base64.b64encode(audio[k:k + step]).decode()})
+            usage = {"input_tokens": -(-len(text) // 4), "output_tokens": -(-len(pcm) // (SPEECH_RATE // 50))}
+            usage["total_tokens"] = usage["input_tokens"] + usage["output_tokens"]
+            events.append({"type": "speech.audio.done", "usage": usage})
+            body = b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events)
+            return self.send_chunked(200, body, "text/event-stream", stall=stall)
+        ctype = {"mp3": "audio/mpeg", "wav": "audio/wav", "pcm": "audio/pcm", "opus": "audio/ogg",
+                 "aac": "audio/aac", "flac": "audio/flac"}[fmt]
+        return self.send_chunked(200, audio, ctype, stall=stall)
+
+    @staticmethod
+    def _format(pcm: np.ndarray, fmt: str) -> bytes:
+        if fmt == "pcm":
+            return pcm.astype("<i2").tobytes()
+        if fmt == "wav":
+            return fakespeech.wav_bytes(pcm, SPEECH_RATE)
+        return fakespeech.encoded_bytes(pcm, SPEECH_RATE, fmt)

@@ -10,7 +10,7 @@ pytestmark = pytest.mark.integration
 
 CATEGORIES = {"DigitalHuman/1 Avatar", "DigitalHuman/2 Motion", "DigitalHuman/3 Lip Sync",
               "DigitalHuman/4 Real time", "DigitalHuman/Audio", "DigitalHuman/Video",
-              "DigitalHuman/Face", "DigitalHuman/Models"}
+              "DigitalHuman/Face", "DigitalHuman/Models", "DigitalHuman/Speech"}
 
 
 def _norm(x):
