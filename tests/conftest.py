@@ -15,26 +15,22 @@ import _pack  # noqa: E402  (registers the ``comfyui_digitalhuman`` alias)
 SHARED = Path(os.environ.get("DH_SHARED", REPO.parent / "shared")).resolve()
 TESTDATA = SHARED / "testdata"
 
-# DH_TEST_MKLDNN=0: torch without oneDNN, here and (through tests/cpu_paths/sitecustomize.py on
-# PYTHONPATH) in every Python process the tests start. The CPU-feature switches of the libraries
-# themselves (ATEN_CPU_CAPABILITY, MKL_ENABLE_INSTRUCTIONS, ONEDNN_MAX_CPU_ISA, ...) are plain
-# environment variables, which subprocesses inherit anyway.
-CPU_PATHS = REPO / "tests" / "cpu_paths"
-if os.environ.get("DH_TEST_MKLDNN") == "0":
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(CPU_PATHS), os.environ.get("PYTHONPATH")) if p)
+# The test-only CPU-path switches (tests/cpu_switches.py): with DH_TEST_MKLDNN=0, torch runs without
+# oneDNN here and, through tests/cpu_paths on PYTHONPATH, in every Python process the tests start.
+from cpu_switches import SWITCHES, child_pythonpath, mkldnn_off  # noqa: E402
+
+if mkldnn_off():
+    os.environ["PYTHONPATH"] = child_pythonpath(*os.environ.get("PYTHONPATH", "").split(os.pathsep))
     import torch
 
     torch.backends.mkldnn.enabled = False
-
-CPU_SWITCHES = ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA", "NPY_DISABLE_CPU_FEATURES",
-                "OPENCV_CPU_DISABLE", "DH_TEST_MKLDNN")
 
 
 def pytest_terminal_summary(terminalreporter) -> None:
     """Which numeric paths this run took, so a CI log (even with -q) says what was exercised."""
     import torch
 
-    switches = ", ".join(f"{k}={os.environ[k]}" for k in CPU_SWITCHES if k in os.environ) or "none"
+    switches = ", ".join(f"{k}={os.environ[k]}" for k in SWITCHES if k in os.environ) or "none"
     terminalreporter.write_line(f"cpu paths: ATen {torch.backends.cpu.get_cpu_capability()}, oneDNN "
                                 f"{'on' if torch.backends.mkldnn.enabled else 'off'}; switches: {switches}")
 

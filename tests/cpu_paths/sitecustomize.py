@@ -47,3 +47,22 @@ if os.environ.get("DH_TEST_MKLDNN") == "0":
         disable_mkldnn(sys.modules["torch"])
     else:
         sys.meta_path.insert(0, _AfterTorchImport())
+
+
+def _run_next_sitecustomize() -> None:
+    """Run the next ``sitecustomize`` on ``sys.path`` as well: Python imports only the first one, and
+    the tests may put more than one of these test-only folders on ``PYTHONPATH``."""
+    import importlib.util
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    dirs = [os.path.abspath(p or os.getcwd()) for p in sys.path]
+    start = dirs.index(here) + 1 if here in dirs else len(dirs)
+    for i, d in enumerate(dirs[start:], start):
+        path = os.path.join(d, "sitecustomize.py")
+        if os.path.isfile(path) and d != here:
+            spec = importlib.util.spec_from_file_location(f"_sitecustomize_{i}", path)
+            spec.loader.exec_module(importlib.util.module_from_spec(spec))
+            return
+
+
+_run_next_sitecustomize()
