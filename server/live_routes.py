@@ -151,7 +151,9 @@ class LiveRoutes:
 
     @guard
     async def sessions(self, request: web.Request) -> web.Response:
-        return web.json_response({"sessions": [self._entry(s) for s in self.reg.list()],
+        # a closed session stays reachable by id a while (its last events), but is no longer offered
+        return web.json_response({"sessions": [self._entry(s) for s in self.reg.list()
+                                               if getattr(s, "state", "") != "closed"],
                                   "limits": {k: self.lim[k] for k in ("max_sessions", "max_viewers", "max_text_chars",
                                                                       "max_audio_bytes", "max_audio_s")},
                                   "ice_servers": _page_ice_servers()})

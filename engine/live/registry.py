@@ -41,6 +41,7 @@ class Registry:
         self.by_name: dict[str, str] = {}
         self.fingerprints: dict[str, tuple] = {}
         self.viewers: dict[str, int] = {}  # session id -> viewers connected (kept by the server)
+        self.closed_at: dict[str, float] = {}  # session id -> when the reaper first saw it closed
         self.lock = threading.RLock()
         self.on_close: list[Callable[[str], None]] = []  # the server closes a session's viewers
         self._reaper: threading.Thread | None = None
@@ -60,9 +61,10 @@ class Registry:
                     and getattr(old, "state", "") != "closed":
                 update(old)
                 return old, False
-            if old is None and len(self.sessions) >= int(self.limits["max_sessions"]):
+            open_now = self._open_count()
+            if old is None and open_now >= int(self.limits["max_sessions"]):
                 raise TooManySessionsError(
-                    f"{len(self.sessions)} live sessions are open, the most this server allows "
+                    f"{open_now} live sessions are open, the most this server allows "
                     f"(DH_LIVE_MAX_SESSIONS={self.limits['max_sessions']}); close one in the live panel first")
         if old is not None:
             self.close(sid)
@@ -70,9 +72,9 @@ class Registry:
         with self.lock:
             if sid is None or sid in self.sessions:
                 sid = new_id()
-            if len(self.sessions) >= int(self.limits["max_sessions"]):
+            if self._open_count() >= int(self.limits["max_sessions"]):
                 session.close()
-                raise TooManySessionsError(f"{len(self.sessions)} live sessions are open, the most this server allows")
+                raise TooManySessionsError(f"{self._open_count()} live sessions are open, the most this server allows")
             session.id = sid
             self.sessions[sid] = session
             self.by_name[name] = sid
@@ -81,11 +83,16 @@ class Registry:
         self._ensure_reaper()
         return session, True
 
+    def _open_count(self) -> int:
+        """Sessions not closed yet (closed ones stay listed a while but take no place)."""
+        with self.lock:
+            return sum(1 for s in self.sessions.values() if getattr(s, "state", "") != "closed")
+
     def add(self, session: object, name: str | None = None) -> str:
         """Register a session made elsewhere (a provider's); returns its new id."""
         with self.lock:
-            if len(self.sessions) >= int(self.limits["max_sessions"]):
-                raise TooManySessionsError(f"{len(self.sessions)} live sessions are open, the most this server allows")
+            if self._open_count() >= int(self.limits["max_sessions"]):
+                raise TooManySessionsError(f"{self._open_count()} live sessions are open, the most this server allows")
             sid = new_id()
             session.id = sid
             self.sessions[sid] = session
@@ -116,16 +123,19 @@ class Registry:
             self.viewers.pop(sid, None)
         if s is None:
             return False
-        for cb in list(self.on_close):
-            try:
-                cb(sid)
-            except Exception:
-                log.exception("[DigitalHuman] live: closing the viewers of a session failed")
+        self._closed_callbacks(sid)
         try:
             s.close()
         except Exception:
             log.exception("[DigitalHuman] live: closing a session failed")
         return True
+
+    def _closed_callbacks(self, sid: str) -> None:
+        for cb in list(self.on_close):
+            try:
+                cb(sid)
+            except Exception:
+                log.exception("[DigitalHuman] live: closing the viewers of a session failed")
 
     def close_all(self) -> None:
         for sid in list(self.sessions):
@@ -138,19 +148,31 @@ class Registry:
                 self.viewers[sid] = max(0, int(n))
 
     def reap(self, now: float | None = None) -> list[str]:
-        """Close sessions that are closed already, or that nobody watched or talked to for
-        ``idle_timeout_s``; returns their ids."""
+        """Drop sessions closed ``closed_kept_s`` ago (until then their last events, reason and cost
+        stay readable), and close those nobody watched or talked to for ``idle_timeout_s``; returns their ids."""
         now = time.monotonic() if now is None else now
         timeout = float(self.limits["idle_timeout_s"])
+        keep = float(self.limits.get("closed_kept_s", 0))
         gone = []
         with self.lock:
             items = list(self.sessions.items())
+            for sid in set(self.closed_at) - set(self.sessions):
+                del self.closed_at[sid]
         for sid, s in items:
             idle_for = now - float(getattr(s, "last_activity", now))
-            if getattr(s, "state", "") == "closed" or (timeout > 0 and self.viewers.get(sid, 0) == 0 and idle_for > timeout):
+            if getattr(s, "state", "") == "closed":
+                with self.lock:
+                    first = sid not in self.closed_at
+                    seen = self.closed_at.setdefault(sid, now)
+                if first:  # it ended by itself: its viewers end now, its entry a while later
+                    self._closed_callbacks(sid)
+                if now - seen >= keep:
+                    gone.append(sid)
+            elif timeout > 0 and self.viewers.get(sid, 0) == 0 and idle_for > timeout:
                 gone.append(sid)
         for sid in gone:
-            log.info("[DigitalHuman] live session %s closed (idle)", sid[:6])
+            if sid not in self.closed_at:
+                log.info("[DigitalHuman] live session %s closed (idle)", sid[:6])
             self.close(sid)
         return gone
 

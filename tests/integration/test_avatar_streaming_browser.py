@@ -232,9 +232,11 @@ def test_cancelling_the_prompt_stops_its_session(comfy, fake_apis):
     worker.join(60)
     s = next(la.sessions[k] for k in set(la.sessions) - before)
     assert wait_for(lambda: s.state == "stopped", 30) and s.stop_reason == "USER_CLOSED"
-    evs = events(comfy, sess["id"])
-    closed = [e for e in evs if e["type"] == "state" and e["state"] == "closed"]
-    assert closed and "cancel" in closed[-1]["reason"]
+    def closed():  # the session reports "closed" just after the provider's stop call returns
+        return [e for e in events(comfy, sess["id"]) if e["type"] == "state" and e["state"] == "closed"]
+
+    assert wait_for(closed, 10), events(comfy, sess["id"])
+    assert "cancel" in closed()[-1]["reason"]
 
 
 def test_comfyui_stopping_stops_every_session(comfy, fake_apis, tmp_path):

@@ -141,3 +141,23 @@ def test_registry_ids_bounds_updates_and_idle_reaper():
     assert b.id not in gone and len(gone) == 1 and len(reg.list()) == 1
     reg.close_all()
     assert reg.list() == [] and b.closed == 1
+
+
+def test_a_closed_session_stays_readable_for_a_while_without_taking_a_place():
+    """The panel reads a closed session's last events (its reason, its final cost): the reaper keeps it
+    ``closed_kept_s`` after it first sees it closed, and it no longer counts against max_sessions."""
+    reg = Registry({"max_sessions": 1, "idle_timeout_s": 60, "closed_kept_s": 30})
+    ended: list[str] = []
+    reg.on_close.append(ended.append)  # the routes end the session's viewers here
+    a, _ = reg.start("desk", _S)
+    a.close()
+    other, created = reg.start("kiosk", _S)  # the closed one takes no place
+    assert created and reg.get(a.id) is a
+    other.last_activity = 100.0  # in use: not idle
+    assert reg.reap(now=100.0) == [] and reg.get(a.id) is a  # first seen closed at 100 s
+    assert ended == [a.id]  # its viewers end at once
+    assert reg.reap(now=129.0) == [] and reg.get(a.id) is a and ended == [a.id]
+    assert reg.reap(now=130.0) == [a.id]
+    with pytest.raises(UnknownSessionError):
+        reg.get(a.id)
+    assert reg.get(other.id) is other
