@@ -31,7 +31,33 @@ class _PerThreadClient:
         return c
 
 
-class OpenAIStreamingVoice:
+class _ApiStreamingVoice:
+    """What both API voices share: a sentence streamed by this thread's client, its cost added up.
+    Subclasses set ``_clients`` (a :class:`_PerThreadClient`), ``opts``, ``sample_rate`` and ``name``."""
+
+    _clients: _PerThreadClient
+    opts: object
+
+    def _init_cost(self) -> None:
+        self.cost_usd = 0.0
+        self._lock = threading.Lock()
+
+    def stream(self, text: str, *, check_interrupt: Callable[[], None] | None = None) -> Iterator[SpeechChunk]:
+        client = self._clients.get()
+        client.check_interrupt = check_interrupt
+        st = client.stream(text, self.opts, split="fill", pauses=True)
+        try:
+            yield from st
+        finally:
+            with self._lock:
+                self.cost_usd += float(st.cost_usd)
+            client.check_interrupt = None
+
+    def __repr__(self) -> str:  # never the client (its headers hold the key)
+        return f"<{type(self).__name__} {self.name}>"
+
+
+class OpenAIStreamingVoice(_ApiStreamingVoice):
     """OpenAI's speech endpoint (or an OpenAI-compatible speech server at ``base_url``), raw 24 kHz PCM
     streamed as it is made. A local server needs no key."""
 
@@ -56,25 +82,9 @@ class OpenAIStreamingVoice:
                                                                 speed=speed, instructions=instructions))
         self.sample_rate = int(first.rules["pcm_sample_rate"])
         self.name = f"OpenAI {self.opts.model} ({self.opts.voice})"
-        self.cost_usd = 0.0
-        self._lock = threading.Lock()
+        self._init_cost()
 
-    def stream(self, text: str, *, check_interrupt: Callable[[], None] | None = None) -> Iterator[SpeechChunk]:
-        client = self._clients.get()
-        client.check_interrupt = check_interrupt
-        st = client.stream(text, self.opts, split="fill", pauses=True)
-        try:
-            yield from st
-        finally:
-            with self._lock:
-                self.cost_usd += float(st.cost_usd)
-            client.check_interrupt = None
-
-    def __repr__(self) -> str:  # never the client (its headers hold the key)
-        return f"<OpenAIStreamingVoice {self.name}>"
-
-
-class ElevenLabsStreamingVoice:
+class ElevenLabsStreamingVoice(_ApiStreamingVoice):
     """ElevenLabs' ``/stream`` endpoint with a ``pcm_<rate>`` output format."""
 
     def __init__(self, voice_id: str = "JBFqnCBsd6RMkjVDRZzb", model_id: str = "eleven_multilingual_v2", *,
@@ -91,19 +101,4 @@ class ElevenLabsStreamingVoice:
         self.opts = opts
         self.sample_rate = rate
         self.name = f"ElevenLabs {model_id} ({voice_id})"
-        self.cost_usd = 0.0
-        self._lock = threading.Lock()
-
-    def stream(self, text: str, *, check_interrupt: Callable[[], None] | None = None) -> Iterator[SpeechChunk]:
-        client = self._clients.get()
-        client.check_interrupt = check_interrupt
-        st = client.stream(text, self.opts, split="fill", pauses=True)
-        try:
-            yield from st
-        finally:
-            with self._lock:
-                self.cost_usd += float(st.cost_usd)
-            client.check_interrupt = None
-
-    def __repr__(self) -> str:
-        return f"<ElevenLabsStreamingVoice {self.name}>"
+        self._init_cost()
