@@ -9,18 +9,16 @@ from __future__ import annotations
 
 import base64
 import io
-import os
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
 
-from .http import ApiError, HttpClient, RetryPolicy, guarded
-from .keys import resolve_api_key
+from .http import ApiError, RetryPolicy, guarded
+from .openai_base import DEFAULT_BASE_URL, OpenAIClient  # noqa: F401 (DEFAULT_BASE_URL: part of this module's API)
 from .prices import image_cost
 
 DEFAULT_MODEL = "gpt-image-2"
-DEFAULT_BASE_URL = "https://api.openai.com/v1"
 SIZES = ["1024x1024", "1024x1536", "1536x1024", "auto"]
 QUALITIES = ["auto", "low", "medium", "high"]
 BACKGROUNDS = ["auto", "opaque", "transparent"]
@@ -64,21 +62,13 @@ def encode_png(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-class OpenAIImages(HttpClient):
+class OpenAIImages(OpenAIClient):
     """Client of the Images API. The key comes from ``OPENAI_API_KEY`` or the user key file."""
-
-    service = "OpenAI"
 
     def __init__(self, api_key: str | None = None, base_url: str | None = None, *, user_dir: str | None = None,
                  check_interrupt: Callable[[], None] | None = None, read_timeout_s: float = 300.0,
                  retry: RetryPolicy | None = None, **kw):
-        key = resolve_api_key(api_key, "OPENAI_API_KEY", user_dir, service="OpenAI")
-        url = base_url or os.environ.get("OPENAI_BASE_URL", "").strip() or DEFAULT_BASE_URL
-        headers = {"Authorization": f"Bearer {key}"}
-        org = os.environ.get("OPENAI_ORGANIZATION", "").strip()
-        if org:
-            headers["OpenAI-Organization"] = org
-        super().__init__(url, headers=headers, secrets=[key], check_interrupt=check_interrupt,
+        super().__init__(api_key, base_url, user_dir=user_dir, check_interrupt=check_interrupt,
                          read_timeout_s=read_timeout_s, retry=retry, **kw)
 
     @staticmethod

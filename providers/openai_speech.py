@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import os
 from contextlib import closing
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -29,14 +28,13 @@ from ..engine.speech.join import PieceAudio, pause_seconds, silence
 from ..engine.speech.pcm import Pcm16Stream, decode_audio
 from ..engine.speech.sentences import Budget, Plan, char_budget, plan_pieces, token_budget
 from ..engine.speech.types import SpeechChunk, SpeechResult
-from .http import ApiError, HttpClient, RetryPolicy
-from .keys import resolve_api_key
+from .http import ApiError, RetryPolicy
+from .openai_base import DEFAULT_BASE_URL, OpenAIClient  # noqa: F401 (DEFAULT_BASE_URL: part of this module's API)
 from .prices import openai_speech_cost
 from .speech_base import SpeechStream, guarded, iter_body, iter_sse, synthesize_plan
 
 log = logging.getLogger("DigitalHuman.openai_speech")
 
-DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
 
 def rules() -> dict:
@@ -55,21 +53,13 @@ class OpenAISpeechOptions:
     instructions: str = ""
 
 
-class OpenAISpeech(HttpClient):
+class OpenAISpeech(OpenAIClient):
     """Client of the speech endpoint. The key comes from ``OPENAI_API_KEY`` or the user key file."""
-
-    service = "OpenAI"
 
     def __init__(self, api_key: str | None = None, base_url: str | None = None, *, user_dir: str | None = None,
                  check_interrupt: Callable[[], None] | None = None, read_timeout_s: float = 120.0,
                  retry: RetryPolicy | None = None, **kw):
-        key = resolve_api_key(api_key, "OPENAI_API_KEY", user_dir, service="OpenAI")
-        url = base_url or os.environ.get("OPENAI_BASE_URL", "").strip() or DEFAULT_BASE_URL
-        headers = {"Authorization": f"Bearer {key}"}
-        org = os.environ.get("OPENAI_ORGANIZATION", "").strip()
-        if org:
-            headers["OpenAI-Organization"] = org
-        super().__init__(url, headers=headers, secrets=[key], check_interrupt=check_interrupt,
+        super().__init__(api_key, base_url, user_dir=user_dir, check_interrupt=check_interrupt,
                          read_timeout_s=read_timeout_s, retry=retry, **kw)
         self.rules = rules()
 
