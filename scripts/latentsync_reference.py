@@ -37,6 +37,7 @@ import contextlib
 import importlib
 import importlib.machinery
 import math
+import os
 import sys
 import tempfile
 import time
@@ -58,7 +59,7 @@ from comfyui_digitalhuman.engine.latentsync import random_models as R  # noqa: E
 from comfyui_digitalhuman.engine.latentsync.ddim import DDIM  # noqa: E402
 from comfyui_digitalhuman.engine.latentsync.unet import FeatureReuse  # noqa: E402
 
-TESTDATA = Path(__file__).resolve().parents[2] / "shared" / "testdata"
+TESTDATA = Path(os.environ.get("DH_SHARED", Path(__file__).resolve().parents[2] / "shared")) / "testdata"
 CHECKS = ("unet", "deepcache", "audio", "align", "e2e")
 
 
@@ -216,6 +217,214 @@ def check_deepcache(ref_dir: Path, out: dict) -> None:
     out["deepcache20_out"] = b.numpy()
 
 
+def read_wav_16k(path: Path, seconds: float | None = None) -> np.ndarray:
+    from comfyui_digitalhuman.engine.media.audio_io import load_audio
+
+    wave, sr = load_audio(path, sample_rate=16000, mono=True)
+    x = wave[0].astype(np.float32)
+    return x[: int(seconds * 16000)] if seconds else x
+
+
+def check_audio(workdir: Path, out: dict, samples: np.ndarray, tag: str = "") -> None:
+    """Per-frame Whisper windows, ours vs ``Audio2Feature`` (same OpenAI-format checkpoint, same samples)."""
+    from latentsync.whisper import audio2feature as ref_a2f
+    from latentsync.whisper.whisper import audio as ref_audio
+
+    from comfyui_digitalhuman.model_loaders.latentsync import load_whisper
+
+    ckpt = workdir / "tiny.pt"
+    if not ckpt.is_file():
+        torch.save(R.whisper_checkpoint(seed=2), str(ckpt))
+    ref_audio.load_audio = lambda _path, sr=16000: samples  # the reference reads files with ffmpeg
+    filters = np.load(Path(ref_audio.__file__).parent / "assets" / "mel_filters.npz")["mel_80"]
+    print(f"audio{tag}: mel filters max |librosa - reference asset| = {maxdiff(AU.mel_filters(), filters):.3g}")
+    with contextlib.redirect_stdout(sys.stderr):
+        enc = ref_a2f.Audio2Feature(model_path=str(ckpt), device="cpu", num_frames=16, audio_feat_length=[2, 2])
+        feats = enc.audio2feat("speech.wav")
+        chunks = torch.stack(enc.feature2chunks(feature_array=feats, fps=25))
+    ours = AU.AudioFeatures(samples, load_whisper(ckpt), 25.0)
+    mine = ours.windows(0, len(ours) + 2)
+    n = len(ours)
+    print(f"audio{tag}: {len(samples) / 16000:.2f} s -> {n} frames (reference {chunks.shape[0]}, two past the end); "
+          f"windows max |ours - ref| = {maxdiff(mine, chunks):.3g} (max |ref| {chunks.abs().max():.3g})")
+    out[f"audio{tag}_frames"] = np.array([n, chunks.shape[0]])
+    out[f"audio{tag}_ref_sel"] = chunks[[0, 1, n // 2, n - 1, n + 1]].numpy()
+
+
+def read_frames(path: Path, n: int) -> np.ndarray:
+    import av
+
+    out = []
+    with av.open(str(path)) as c:
+        for f in c.decode(video=0):
+            out.append(f.to_ndarray(format="rgb24"))
+            if len(out) == n:
+                break
+    return np.stack(out)
+
+
+def face_points(frames: np.ndarray) -> list[np.ndarray]:
+    """LatentSync's three points per frame from our face engine (the largest face, tracked)."""
+    from comfyui_digitalhuman.engine.face.analyzer import FaceAnalyzer
+    from comfyui_digitalhuman.engine.face.schemes import latentsync_points
+    from comfyui_digitalhuman.engine.face.tracking import track_faces
+
+    track = track_faces((frames[i:i + 16] for i in range(0, len(frames), 16)), FaceAnalyzer())
+    if not track.present.all():
+        raise SystemExit("the check clip must have a face in every frame")
+    return [np.round(latentsync_points(track.landmarks[i]).astype(np.float64)) for i in range(len(frames))]
+
+
+def check_align(frames: np.ndarray, points: list[np.ndarray], resolution: int, out: dict) -> None:
+    """Transforms (with the temporal smoothing), aligned crops and paste-back, ours vs ``AlignRestore``."""
+    import cv2
+    from latentsync.utils.affine_transform import AlignRestore
+
+    ref = AlignRestore(align_points=3, resolution=resolution, device="cpu", dtype=torch.float32)
+    ours = P.align_points(points, resolution)
+    tmpl = A.template(resolution)
+    m_diff = crop_diff = 0.0
+    crop_frac = []
+    ref_mats, ref_crops = [], []
+    for i, (frame, pts) in enumerate(zip(frames, points)):
+        crop, mat = ref.align_warp_face(frame.copy(), landmarks3=pts, smooth=True)
+        crop = cv2.resize(crop, (resolution, resolution), interpolation=cv2.INTER_LANCZOS4)
+        mine = A.warp_face(frame, ours.matrices[i], tmpl, resolution)
+        m_diff = max(m_diff, maxdiff(ours.matrices[i], mat[0]))
+        d = np.abs(mine.astype(int) - crop.astype(int))
+        crop_diff = max(crop_diff, float(d.max()))
+        crop_frac.append(float((d > 0).mean()))
+        ref_mats.append(mat[0].numpy())
+        ref_crops.append(crop)
+    print(f"align ({resolution} px, {len(frames)} frames): transforms max |ours - ref| = {m_diff:.3g}; crops (uint8) "
+          f"max |diff| = {crop_diff:.0f}, {100 * max(crop_frac):.3f} % of values differ at most")
+    g = torch.Generator().manual_seed(3)
+    face = torch.rand(3, resolution, resolution, generator=g) * 2 - 1
+    worst, frac = 0.0, 0.0
+    pasted = []
+    for i in (0, len(frames) // 2, len(frames) - 1):
+        x1, y1, x2, y2 = 0, 0, tmpl.size[0], tmpl.size[1]
+        import torchvision
+
+        resized = torchvision.transforms.functional.resize(face, size=(y2 - y1, x2 - x1),
+                                                           interpolation=torchvision.transforms.InterpolationMode.BICUBIC,
+                                                           antialias=True)
+        if i == 0:
+            print(f"align: bicubic antialiased resize max |ours - torchvision| = "
+                  f"{maxdiff(A.resize_face(face, x2 - x1, y2 - y1), resized):.3g}")
+        r = ref.restore_img(frames[i], resized, torch.from_numpy(ref_mats[i])[None])
+        mine = A.restore(frames[i], face, ours.matrices[i], tmpl)
+        d = np.abs(mine.astype(int) - r.astype(int))
+        worst, frac = max(worst, float(d.max())), max(frac, float((d > 0).mean()))
+        pasted.append(r)
+    print(f"align: paste-back (uint8 frames) max |diff| = {worst:.0f}, {100 * frac:.4f} % of values differ at most")
+    out[f"align{resolution}_points"] = np.stack(points).astype(np.float32)
+    out[f"align{resolution}_ref_mats"] = np.stack(ref_mats)
+    sel = [0, len(frames) // 2, len(frames) - 1]
+    out[f"align{resolution}_ref_crops_sub"] = np.stack([ref_crops[i][::4, ::4] for i in sel])
+    out[f"align{resolution}_ref_paste_sum"] = np.array([p.astype(np.int64).sum() for p in pasted])
+
+
+class _PointsDetector:
+    """Stands in for the reference's InsightFace ``FaceDetector``: frame ``k`` of the run gets 106 landmarks
+    whose entries at the indices the reference averages hold our three points, so its own
+    ``affine_transform`` turns them into the same alignment points."""
+
+    def __init__(self, points: list[np.ndarray]):
+        self.points, self.k = points, 0
+
+    def __call__(self, frame):
+        lmk = np.zeros((106, 2))
+        p = self.points[self.k % len(self.points)]
+        lmk[[43, 48, 49, 51, 50]] = p[0]
+        lmk[101:106] = p[1]
+        lmk[[74, 77, 83, 86]] = p[2]
+        self.k += 1
+        return (0, 0, frame.shape[1], frame.shape[0]), lmk
+
+
+def run_reference_pipeline(ref_dir: Path, frames: np.ndarray, points: list[np.ndarray], samples: np.ndarray,
+                           state: dict, vae, whisper_ckpt: Path, mask_path: Path, resolution: int, seed: int,
+                           steps: int, guidance: float, unet=None) -> np.ndarray:
+    """``LipsyncPipeline.__call__`` with its file I/O and face detector replaced; returns its frames."""
+    from latentsync.pipelines import lipsync_pipeline as LP
+    from latentsync.utils import image_processor as IP
+    from latentsync.utils.affine_transform import AlignRestore
+    from latentsync.whisper import audio2feature as ref_a2f
+    from latentsync.whisper.whisper import audio as ref_audio
+
+    captured: dict[str, Any] = {}
+    detector = _PointsDetector(points)
+
+    class CpuImageProcessor(IP.ImageProcessor):
+        def __init__(self, res, device="cpu", mask_image=None):
+            super().__init__(res, device="cpu", mask_image=mask_image)
+            self.restorer = AlignRestore(resolution=res, device="cpu", dtype=torch.float32)
+            self.face_detector = detector
+
+    LP.ImageProcessor = CpuImageProcessor
+    LP.check_ffmpeg_installed = lambda: None
+    LP.read_video = lambda path, use_decord=False: frames.copy()
+    LP.read_audio = lambda path, audio_sample_rate=16000: torch.from_numpy(samples)
+    LP.write_video = lambda path, video, fps: captured.__setitem__("frames", np.asarray(video))
+    LP.sf = types.SimpleNamespace(write=lambda *a, **k: None)
+    LP.subprocess = types.SimpleNamespace(run=lambda *a, **k: None)
+    ref_audio.load_audio = lambda _path, sr=16000: samples
+    with contextlib.redirect_stdout(sys.stderr):
+        encoder = ref_a2f.Audio2Feature(model_path=str(whisper_ckpt), device="cpu", num_frames=16, audio_feat_length=[2, 2])
+        unet = unet if unet is not None else reference_unet(C.unet_config(tiny=True), state)
+        pipe = LP.LipsyncPipeline(vae=vae, audio_encoder=encoder, unet=unet, scheduler=reference_scheduler(ref_dir))
+        pipe.set_progress_bar_config(disable=True)
+        torch.manual_seed(seed)
+        with tempfile.TemporaryDirectory() as tmp:
+            pipe(video_path="video.mp4", audio_path="speech.wav", video_out_path=str(Path(tmp) / "out.mp4"),
+                 num_frames=16, num_inference_steps=steps, guidance_scale=guidance, weight_dtype=torch.float32,
+                 width=resolution, height=resolution, mask_image_path=str(mask_path), temp_dir=str(Path(tmp) / "t"))
+    return captured["frames"]
+
+
+def check_e2e(ref_dir: Path, work: Path, frames: np.ndarray, points: list[np.ndarray], mask_path: Path | None,
+              resolution: int, out: dict, tag: str, steps: int = 20) -> None:
+    from comfyui_digitalhuman.engine.latentsync.mask import lower_face_mask, read_mask
+    from comfyui_digitalhuman.model_loaders.latentsync import load_whisper
+
+    import cv2
+
+    if mask_path is None:  # the stand-in the unit tests can rebuild (the real mask is not in the repository)
+        mask_path = work / f"standin_{resolution}.png"
+        cv2.imwrite(str(mask_path), (lower_face_mask(256) * 255).astype(np.uint8))
+    ckpt = work / "tiny.pt"
+    if not ckpt.is_file():
+        torch.save(R.whisper_checkpoint(seed=2), str(ckpt))
+    samples = read_wav_16k(TESTDATA / "eng.wav", len(frames) / 25)
+    unet = R.random_unet(tiny=True, seed=1)
+    vae = R.random_vae(tiny=True, seed=2)
+    vae.config.scaling_factor, vae.config.shift_factor = 0.18215, 0  # as the reference's scripts/inference.py sets them
+    seed, guidance = 1247, 1.5
+    t0 = time.time()
+    ref = run_reference_pipeline(ref_dir, frames, points, samples, unet.state_dict(), vae, ckpt, mask_path, resolution,
+                                 seed, steps, guidance)
+    t_ref = time.time() - t0
+    models = P.LatentSyncModels(unet=unet, vae=vae, whisper=load_whisper(ckpt), mask=read_mask(mask_path, resolution),
+                                version="1.6" if resolution == 512 else "1.5")
+    t0 = time.time()
+    align = P.align_points(points, resolution)
+    ours = np.stack(list(P.lip_sync(models, frames, align, samples, P.SyncOptions(steps=steps, guidance=guidance, seed=seed))))
+    t_ours = time.time() - t0
+    n = len(ours)
+    d = np.abs(ours.astype(int) - ref[:n].astype(int))
+    changed = np.abs(ref[:n].astype(int) - frames[:n].astype(int)) > 0
+    print(f"e2e{tag} ({resolution} px, {n} frames, {steps} steps, guidance {guidance}, seed {seed}): reference made "
+          f"{len(ref)} frames; over the first {n}: max |ours - ref| = {d.max()}, {100 * (d > 0).mean():.3f} % of values "
+          f"differ, mean |diff| {d.mean():.2e}; the lip sync changed {100 * changed.mean():.1f} % of values "
+          f"(reference {t_ref:.0f} s, ours {t_ours:.0f} s)")
+    box = A._footprint(A.invert(align.matrices[0]), *A.template(resolution).size, frames.shape[2], frames.shape[1], 0)
+    x0, y0, x1, y1 = box
+    out[f"e2e{tag}_box"] = np.array(box)
+    out[f"e2e{tag}_ref_sub"] = ref[[0, n // 2, n - 1], y0:y1:2, x0:x1:2]
+    out[f"e2e{tag}_ref_count"] = np.array([len(ref)])
+
+
 def _pe_for(name: str, model_on_meta) -> torch.Tensor:
     """The sinusoid table a PositionalEncoding of that buffer's width holds."""
     from comfyui_digitalhuman.engine.latentsync.blocks import PositionalEncoding
@@ -243,6 +452,20 @@ def main() -> None:
         check_unet(args.full_unet, out)
     if "deepcache" in checks:
         check_deepcache(args.reference, out)
+    work = Path(tempfile.mkdtemp(prefix="latentsync-ref-"))
+    if "audio" in checks:
+        check_audio(work, out, read_wav_16k(TESTDATA / "yongen.wav"))
+        check_audio(work, out, read_wav_16k(TESTDATA / "eng.wav", 33.0), "_long")  # two 30 s segments
+    if "align" in checks or "e2e" in checks:
+        clip = read_frames(TESTDATA / "d20.mp4", 32)
+        points = face_points(clip)
+    if "align" in checks:
+        for res in (512, 256):
+            check_align(clip, points, res, out)
+    if "e2e" in checks:
+        mask = args.mask or args.reference / "latentsync" / "utils" / "mask.png"
+        check_e2e(args.reference, work, clip, points, None, 256, out, "_standin")
+        check_e2e(args.reference, work, clip, points, mask, 512, out, "_mask512")
     if args.write_fixture:
         args.write_fixture.parent.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(args.write_fixture, **out)

@@ -41,6 +41,25 @@ def random_whisper(seed: int = 2, dtype: torch.dtype = torch.float32) -> AudioEn
     return randomize_(AudioEncoder(whisper_dims()), seed).to(dtype).eval().requires_grad_(False)
 
 
+def whisper_checkpoint(seed: int = 2, small_decoder: bool = True) -> dict:
+    """An OpenAI-format ``tiny.pt`` object (``dims`` + float16 ``model_state_dict``, decoder included):
+    the encoder of :func:`random_whisper` and seeded random decoder tensors (shrunk unless told)."""
+    from .whisper import checkpoint_layout
+
+    dims = whisper_dims(small=small_decoder)
+    enc = random_whisper(seed).state_dict()
+    g = torch.Generator().manual_seed(seed + 100)
+    state = {}
+    for key, shape in checkpoint_layout(dims).items():
+        if key.startswith("encoder."):
+            state[key] = enc[key[len("encoder."):]].clone()
+        else:
+            t = torch.empty(shape)
+            mnets.fill_random_(key, t, g)
+            state[key] = t
+    return {"dims": dims, "model_state_dict": {k: v.half() for k, v in state.items()}}
+
+
 def random_models(tiny: bool = True, seed: int = 0, version: str = "1.5", mask=None, dtype: torch.dtype = torch.float32):
     """All three networks plus a mouth mask (the given one, else the stand-in of :mod:`.mask`)."""
     from .config import resolution
