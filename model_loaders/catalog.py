@@ -1,9 +1,13 @@
 """The model catalogue: every weight file the pack uses, read from ``catalog/*.json``.
 
 The catalogue is data so that adding a model family is one JSON file, and so that the
-download code, the pre-fetch node and the CLI all agree on repo, revision, size, hash,
-licence and target folder. One JSON file per family; ids are ``<family>.<name>`` where
-``<family>`` is the file's stem.
+download code, the pre-fetch node and the CLI all agree on source, size, hash, licence and
+target folder. One JSON file per family; ids are ``<family>.<name>`` where ``<family>`` is the
+file's stem.
+
+A file comes from a Hugging Face repo (``repo`` + ``revision`` + ``file``) or, for weights their
+publisher keeps elsewhere, from plain ``urls`` tried in order; ``pip`` may name a package that
+ships the same bytes (at ``file`` inside it), used as a local source when it is installed.
 """
 from __future__ import annotations
 
@@ -14,17 +18,18 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import urlsplit
 
 CATALOG_DIR = Path(__file__).resolve().parent / "catalog"
 
 #: ComfyUI ``models/`` sub-folders the catalogue may place files in.
 FOLDERS: tuple[str, ...] = ("liveportrait", "musetalk", "vae", "audio_encoders", "face_analysis", "latentsync", "cosyvoice")
 
-#: Fields every entry must spell out (``local`` and ``pip`` are optional).
+#: Fields every entry must spell out (``local``, ``pip`` and ``urls`` are optional).
 REQUIRED_FIELDS: tuple[str, ...] = (
     "id", "repo", "revision", "file", "size", "sha256", "license", "folder", "nodes", "group", "optional", "note",
 )
-OPTIONAL_FIELDS: tuple[str, ...] = ("local", "pip")
+OPTIONAL_FIELDS: tuple[str, ...] = ("local", "pip", "urls")
 
 HF_HOME_URL = "https://huggingface.co"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -54,15 +59,17 @@ class ModelFile:
     note: str
     pip: str | None = None
     source: str = ""
+    urls: tuple[str, ...] = ()
 
     @property
     def family(self) -> str:
         return self.id.split(".", 1)[0]
 
     def url(self, endpoint: str | None = None) -> str | None:
-        """The direct download URL on the hub (``endpoint`` defaults to huggingface.co)."""
+        """The direct download URL: on the hub (``endpoint`` defaults to huggingface.co), else the
+        first of ``urls``; None for a file that only a pip package ships."""
         if self.repo is None:
-            return None
+            return self.urls[0] if self.urls else None
         base = (endpoint or HF_HOME_URL).rstrip("/")
         return f"{base}/{self.repo}/resolve/{self.revision}/{self.file}"
 
@@ -70,6 +77,13 @@ class ModelFile:
 def _fail(source: str, index: int, entry_id: Any, msg: str) -> CatalogError:
     where = f"{source}, entry {index}" + (f" ('{entry_id}')" if entry_id else "")
     return CatalogError(f"model catalogue {where}: {msg}")
+
+
+def _http_url(value: str) -> bool:
+    """An absolute http(s) URL with a host, no credentials and no whitespace."""
+    parts = urlsplit(value)
+    return (parts.scheme in ("http", "https") and bool(parts.hostname) and "@" not in parts.netloc
+            and not any(c.isspace() for c in value))
 
 
 def _relative_posix(value: str) -> bool:
@@ -92,10 +106,17 @@ def parse_entry(raw: Any, source: str, index: int, family: str | None = None) ->
         raise _fail(source, index, eid, "'id' must look like '<family>.<name>' (lower case, digits, '_')")
     if family is not None and eid.split(".", 1)[0] != family:
         raise _fail(source, index, eid, f"id must start with the family '{family}.' (the file's name)")
-    repo, pip = raw["repo"], raw.get("pip")
+    repo, pip, urls = raw["repo"], raw.get("pip"), raw.get("urls")
+    if pip is not None and (not isinstance(pip, str) or not pip.strip()):
+        raise _fail(source, index, eid, f"'pip' must name a package, got {pip!r}")
+    if urls is not None:
+        if repo is not None:
+            raise _fail(source, index, eid, "give either 'repo' (Hugging Face) or 'urls', not both")
+        if not isinstance(urls, list) or not urls or not all(isinstance(u, str) and _http_url(u) for u in urls):
+            raise _fail(source, index, eid, f"'urls' must be a non-empty list of http(s) URLs, got {urls!r}")
     if repo is None:
-        if not isinstance(pip, str) or not pip:
-            raise _fail(source, index, eid, "'repo' is null, so 'pip' must name the package that ships the file")
+        if not urls and not pip:
+            raise _fail(source, index, eid, "'repo' is null, so 'urls' or 'pip' must say where the file comes from")
     elif not isinstance(repo, str) or repo.count("/") != 1:
         raise _fail(source, index, eid, f"'repo' must be a Hugging Face repo id 'owner/name', got {repo!r}")
     elif not isinstance(raw["revision"], str) or not raw["revision"]:
@@ -130,7 +151,7 @@ def parse_entry(raw: Any, source: str, index: int, family: str | None = None) ->
     return ModelFile(
         id=eid, repo=repo, revision=raw["revision"], file=raw["file"], size=size, sha256=sha,
         license=raw["license"], folder=raw["folder"], local=local, nodes=tuple(nodes), groups=tuple(groups),
-        optional=raw["optional"], note=raw["note"], pip=pip, source=source,
+        optional=raw["optional"], note=raw["note"], pip=pip, source=source, urls=tuple(urls or ()),
     )
 
 

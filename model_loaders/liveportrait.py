@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..engine.liveportrait.networks import NETWORK_NAMES, build_network
+from .weights_io import WeightFileError, load_weight_file
 
 if TYPE_CHECKING:
     from ..engine.liveportrait.runtime import LivePortraitNets
@@ -30,20 +31,12 @@ _FLAT_RETARGET = re.compile(r"^(retarget_shoulder|retarget_mouth|retarget_eye)(?
 
 
 def read_weights(path: str | Path) -> dict[str, Any]:
-    """Read a ``.safetensors`` or PyTorch pickle without executing code (``weights_only``)."""
+    """Read a ``.safetensors`` or PyTorch pickle without executing code (``weights_only``); an
+    unreadable file is a :class:`WeightFileError` (a ValueError) naming it and saying what to do."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"LivePortrait weight file not found: {path}")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return dict(load_file(str(path), device="cpu"))
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt or truncated file
-        raise ValueError(f"cannot read LivePortrait weights '{path}': {exc}") from exc
+    obj = load_weight_file(path, "LivePortrait weights file", mmap=False)
     if not isinstance(obj, Mapping):
-        raise ValueError(f"'{path}' holds a {type(obj).__name__}, expected a state dict")
+        raise WeightFileError(f"'{path}' holds a {type(obj).__name__}, expected a state dict")
     return dict(obj)
 
 

@@ -7,7 +7,6 @@ load never holds two copies of the weights.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Callable
 
@@ -16,6 +15,7 @@ import torch
 from ..engine.musetalk import networks
 from ..engine.musetalk.bisenet import BiSeNet
 from ..engine.musetalk.pipeline import MuseTalkModels
+from .weights_io import WeightFileError, load_json_file, load_weight_file
 
 # Diffusers renamed the VAE's attention weights; sd-vae-ft-mse's .bin predates that.
 _VAE_OLD_TO_NEW = {".query.": ".to_q.", ".key.": ".to_k.", ".value.": ".to_v.", ".proj_attn.": ".to_out.0."}
@@ -23,22 +23,14 @@ _WHISPER_PREFIXES = ("model.encoder.", "encoder.")
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors of a ``.safetensors``, ``.pth``, ``.pt``, ``.ckpt`` or ``.bin`` file (no code executed)."""
+    """Tensors of a ``.safetensors``, ``.pth``, ``.pt``, ``.ckpt`` or ``.bin`` file (no code executed);
+    an unreadable file is a :class:`WeightFileError` naming it."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path), device="cpu")
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # legacy (non-zip) pickles cannot be memory-mapped
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    obj = load_weight_file(path, "weights file")
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"{path}: not a flat state dict of tensors")
+        raise WeightFileError(f"{path}: not a flat state dict of tensors (another kind of PyTorch file)")
     return obj
 
 
@@ -97,6 +89,12 @@ def whisper_encoder_state(state: dict[str, torch.Tensor], source: str = "whisper
 
 
 def _on_meta(build: Callable[[], torch.nn.Module]) -> torch.nn.Module:
+    """``build()`` with parameters on the meta device. The model libraries are imported first: a
+    module imported inside the meta context makes its import-time tensors without data (torchaudio,
+    which transformers imports, keeps one that Kaldi fbank needs: voice cloning would then fail)."""
+    import diffusers  # noqa: F401
+    import transformers  # noqa: F401
+
     with torch.device("meta"):
         return build()
 
@@ -108,7 +106,7 @@ def load_unet(path: str | Path, config: dict[str, Any] | str | Path | None = Non
 
 
 def _config(config: dict[str, Any] | str | Path | None) -> dict[str, Any] | None:
-    return json.loads(Path(config).read_text()) if isinstance(config, (str, Path)) else config
+    return load_json_file(config, "config file") if isinstance(config, (str, Path)) else config
 
 
 def load_vae(path: str | Path, config: dict[str, Any] | str | Path | None = None) -> torch.nn.Module:

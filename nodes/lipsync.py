@@ -12,6 +12,7 @@ into memory, instead of RAM; per frame the avatar cache adds a 32 KB latent and 
 """
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
@@ -23,6 +24,8 @@ from ..engine.musetalk import faces, pipeline
 from ..engine.musetalk.blend import BLEND_MODES
 from ..model_loaders.comfy_wrap import PRECISIONS
 from .common import CAT_LIPSYNC, VIDEO_STREAM, Progress, check_interrupt, comfy_to_audio, image_to_uint8, uint8_to_image
+
+log = logging.getLogger("DigitalHuman")
 
 MODEL_TYPE = "DH_MUSETALK"
 AVATAR_TYPE = "DH_MUSETALK_AVATAR"
@@ -41,6 +44,14 @@ class MuseTalkHandle:
         return load_for_inference(self.patcher).models()
 
 
+def _face_analyzer():
+    """The face engine on the catalogued MediaPipe files (models/face_analysis, fetched on first use),
+    on the CPU as MuseTalk's face boxes always were."""
+    from ..model_loaders.face import load_face_analyzer
+
+    return load_face_analyzer(device="cpu")
+
+
 def face_clip_ram_budget() -> int:
     """Bytes of face-clip frames kept in RAM before they go to a temporary file (``DH_FACE_CLIP_RAM_MB``, default 2048)."""
     import os
@@ -56,6 +67,28 @@ def face_clip_ram_budget() -> int:
 def _require_frames(images, video) -> None:
     if images is None and video is None:
         raise ValueError("connect either 'images' (IMAGE) or 'video' (DH_VIDEO_STREAM)")
+
+
+def _input_name(video) -> str:
+    """Which input the face frames came from, for messages."""
+    return "'images' input" if video is None else f"'video' input ({getattr(video, 'name', 'stream')})"
+
+
+def _faces(frames: np.ndarray, bbox_shift: int, where: str) -> list:
+    """Face boxes of every frame; no face in any frame fails here, before the networks are placed or run."""
+    boxes = faces.track_boxes(frames, bbox_shift, analyzer=_face_analyzer(), check_interrupt=check_interrupt)
+    pipeline.require_a_face(pipeline.faces_present(boxes, frames.shape[1:3]), where)
+    return boxes
+
+
+def _report(node: str, head: str, present: np.ndarray) -> str:
+    """The node's report: ``head``, then the frames without a face (also logged as a warning, like
+    LivePortrait Animate and Face Detect & Crop report theirs)."""
+    missing = pipeline.missing_faces_report(present)
+    if not missing:
+        return head
+    log.warning("[DigitalHuman] %s: %s", node, missing)
+    return f"{head}; {missing}"
 
 
 def _frames_of(images, video) -> np.ndarray:
@@ -127,14 +160,15 @@ _OUTPUT_IMAGES = ("BOOLEAN", {"default": True, "tooltip": "Compute every frame i
 _OUTPUT_TOOLTIPS = ("Lip-synced frames (only the first one when output_images is off).",
                     "The input audio, unchanged (same length as the frames within one frame).",
                     "Frame rate of the frames.",
-                    "The lip-synced frames as a lazy stream, generated chunk by chunk while its consumer runs (for long audio).")
+                    "The lip-synced frames as a lazy stream, generated chunk by chunk while its consumer runs (for long audio).",
+                    "Frame counts, and the face-video frames without a face (passed through unchanged).")
 
 _FACE_INPUTS = {
     "bbox_shift": ("INT", {"default": 0, "min": -100, "max": 100, "tooltip": "Moves the top of the face box down (+) or up (-) in pixels: MuseTalk's bbox_shift; more shift = more mouth opening."}),
     "blend_mode": (list(BLEND_MODES), {"default": "jaw", "tooltip": "jaw: MuseTalk 1.5's mask (lower face and jaw); mouth: lips and mouth only (least change); raw: MuseTalk 1.0's (whole lower face skin)."}),
 }
 _OPTIONAL_FRAMES = {
-    "images": ("IMAGE", {"tooltip": "Face video frames (or one portrait). Frames without a face pass through unchanged."}),
+    "images": ("IMAGE", {"tooltip": "Face video frames (or one portrait). Frames without a face pass through unchanged and are listed in the report; no face in any frame is an error."}),
     "video": (VIDEO_STREAM, {"tooltip": "A streamed face video instead of 'images'."}),
 }
 
@@ -168,10 +202,11 @@ class DH_LoadMuseTalk:
 
 class DH_MuseTalkLipSync:
     DESCRIPTION = ("Redraws the mouth of a face video to speak the audio (MuseTalk 1.5). The output has "
-                   "floor(audio seconds x fps) frames; a shorter video is played forwards and backwards.")
+                   "floor(audio seconds x fps) frames; a shorter video is played forwards and backwards. Frames "
+                   "without a face pass through unchanged and are listed in the report; no face at all is an error.")
     CATEGORY = CAT_LIPSYNC
-    RETURN_TYPES = ("IMAGE", "AUDIO", "FLOAT", VIDEO_STREAM)
-    RETURN_NAMES = ("images", "audio", "fps", "stream")
+    RETURN_TYPES = ("IMAGE", "AUDIO", "FLOAT", VIDEO_STREAM, "STRING")
+    RETURN_NAMES = ("images", "audio", "fps", "stream", "report")
     OUTPUT_TOOLTIPS = _OUTPUT_TOOLTIPS
     FUNCTION = "run"
 
@@ -196,25 +231,29 @@ class DH_MuseTalkLipSync:
         fps = float(fps) if fps > 0 else (float(video.fps) if video is not None else 25.0)
         samples, n_out = _speech(audio, fps)
         frames = _frames_of(images, video)
+        where = _input_name(video)
+        boxes = _faces(frames, bbox_shift, where)
+        report = _report("MuseTalk Lip Sync", f"{n_out} frames at {fps:g} fps from a face video of {len(frames)} frames",
+                         pipeline.faces_present(boxes, frames.shape[1:3]))
         models = musetalk.models()
-        boxes = faces.track_boxes(frames, bbox_shift, check_interrupt=check_interrupt)
         if output_images:
             bar = Progress(len(frames) + n_out)
             out = pipeline.lip_sync(models, frames, boxes, samples, SAMPLE_RATE, fps, batch_size, blend_mode,
-                                    progress=bar, check_interrupt=check_interrupt)
-            return _image_outputs(out, n_out, frames.shape[1:3], audio, fps)
+                                    progress=bar, check_interrupt=check_interrupt, where=where)
+            return _image_outputs(out, n_out, frames.shape[1:3], audio, fps) + (report,)
         cache = pipeline.prepare_avatar(models, frames, boxes, blend_mode, batch_size=batch_size,
-                                        progress=Progress(len(frames)), check_interrupt=check_interrupt)
-        return _stream_outputs(musetalk, cache, samples, audio, fps, batch_size)
+                                        progress=Progress(len(frames)), check_interrupt=check_interrupt, where=where)
+        return _stream_outputs(musetalk, cache, samples, audio, fps, batch_size) + (report,)
 
 
 class DH_MuseTalkPrepareAvatar:
     DESCRIPTION = ("Real-time mode, step 1: caches what does not depend on the audio (face boxes, crops, latents, "
                    "blend masks) for a face video; optionally saved to output/musetalk_avatars/<name> for later runs.")
     CATEGORY = CAT_LIPSYNC
-    RETURN_TYPES = (AVATAR_TYPE,)
-    RETURN_NAMES = ("avatar",)
-    OUTPUT_TOOLTIPS = ("The prepared avatar, for MuseTalk Speak.",)
+    RETURN_TYPES = (AVATAR_TYPE, "STRING")
+    RETURN_NAMES = ("avatar", "report")
+    OUTPUT_TOOLTIPS = ("The prepared avatar, for MuseTalk Speak.",
+                       "Frame count, and the frames without a face (they will be passed through unchanged).")
     FUNCTION = "prepare"
 
     @classmethod
@@ -231,14 +270,15 @@ class DH_MuseTalkPrepareAvatar:
     def prepare(self, musetalk, bbox_shift, blend_mode, save_name, images=None, video=None):
         save_dir = _avatar_dir(save_name) if save_name.strip() else None  # a bad name fails before the work
         frames = _frames_of(images, video)
+        where = _input_name(video)
+        boxes = _faces(frames, bbox_shift, where)
         models = musetalk.models()
-        boxes = faces.track_boxes(frames, bbox_shift, check_interrupt=check_interrupt)
         cache = pipeline.prepare_avatar(models, frames, boxes, blend_mode, progress=Progress(len(frames)),
-                                        check_interrupt=check_interrupt)
+                                        check_interrupt=check_interrupt, where=where)
         cache.meta["bbox_shift"] = int(bbox_shift)
         if save_dir is not None:
             cache.save(save_dir)
-        return (cache,)
+        return (cache, _report("MuseTalk Prepare Avatar", f"avatar of {len(cache)} frames", cache.present))
 
 
 class DH_MuseTalkLoadAvatar:
@@ -259,8 +299,8 @@ class DH_MuseTalkLoadAvatar:
 class DH_MuseTalkSpeak:
     DESCRIPTION = "Real-time mode, step 2: speaks audio with a prepared avatar (audio features, UNet and VAE decoder only)."
     CATEGORY = CAT_LIPSYNC
-    RETURN_TYPES = ("IMAGE", "AUDIO", "FLOAT", VIDEO_STREAM)
-    RETURN_NAMES = ("images", "audio", "fps", "stream")
+    RETURN_TYPES = ("IMAGE", "AUDIO", "FLOAT", VIDEO_STREAM, "STRING")
+    RETURN_NAMES = ("images", "audio", "fps", "stream", "report")
     OUTPUT_TOOLTIPS = _OUTPUT_TOOLTIPS
     FUNCTION = "speak"
 
@@ -282,11 +322,14 @@ class DH_MuseTalkSpeak:
 
         fps = float(fps)
         samples, n_out = _speech(audio, fps)
+        pipeline.require_a_face(avatar.present, "avatar")  # before the networks are placed
+        report = _report("MuseTalk Speak", f"{n_out} frames at {fps:g} fps with an avatar of {len(avatar)} frames",
+                         avatar.present)
         if not output_images:
-            return _stream_outputs(musetalk, avatar, samples, audio, fps, batch_size)
+            return _stream_outputs(musetalk, avatar, samples, audio, fps, batch_size) + (report,)
         out = pipeline.speak(musetalk.models(), avatar, samples, SAMPLE_RATE, fps, batch_size, progress=Progress(n_out),
                              check_interrupt=check_interrupt)
-        return _image_outputs(out, n_out, avatar.frames.shape[1:3], audio, fps)
+        return _image_outputs(out, n_out, avatar.frames.shape[1:3], audio, fps) + (report,)
 
 
 def _avatar_dir(name: str) -> Path:

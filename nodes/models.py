@@ -16,9 +16,11 @@ class DH_DownloadModels:
     """Fetch the weights of one model group ahead of time, with a progress bar."""
 
     DESCRIPTION = (
-        "Downloads the model files of the chosen group from Hugging Face into ComfyUI's models folders "
-        "(skipping files already there) and checks their size and hash. Loader nodes also fetch on first "
-        "use; this node lets you do it ahead of time. Set HF_ENDPOINT for a mirror, HF_TOKEN for gated repos."
+        "Downloads the model files of the chosen group from Hugging Face (MediaPipe's face models from "
+        "MediaPipe's own storage) into ComfyUI's models folders, skipping files already there, and checks "
+        "their size and sha256 (a file in place is hashed once; the verdict is remembered). Loader nodes also "
+        "fetch on first use; this node lets you do it ahead of time. Set HF_ENDPOINT for a mirror, HF_TOKEN for "
+        "gated repos, DH_OFFLINE=1 to download nothing."
     )
     CATEGORY = CAT_MODELS
     FUNCTION = "download"

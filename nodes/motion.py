@@ -28,9 +28,11 @@ PRESET_DIR = ("DigitalHuman", "expressions")
 
 
 def _face_ops(device: torch.device | str = "cpu", det_thresh: float = 0.0):
+    """The face engine on the catalogued MediaPipe files (models/face_analysis, fetched on first use)."""
     from ..engine.liveportrait.faces import EngineFaceOps
+    from ..model_loaders.face import load_face_analyzer
 
-    return EngineFaceOps(device=str(device), det_thresh=det_thresh)
+    return EngineFaceOps(analyzer=load_face_analyzer(device=str(device)), det_thresh=det_thresh)
 
 
 def _one_portrait(images: torch.Tensor, where: str = "portrait") -> np.ndarray:

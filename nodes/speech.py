@@ -210,6 +210,6 @@ NODE_CLASS_MAPPINGS = {
     "DH_ElevenLabsSpeech": DH_ElevenLabsSpeech,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
-    "DH_OpenAISpeech": "OpenAI Speech (DH)",
-    "DH_ElevenLabsSpeech": "ElevenLabs Speech (DH)",
+    "DH_OpenAISpeech": "OpenAI Speech (DigitalHuman)",
+    "DH_ElevenLabsSpeech": "ElevenLabs Speech (DigitalHuman)",
 }

@@ -35,7 +35,7 @@ from ..engine.speech.pcm import Pcm16Stream, decode_audio
 from ..engine.speech.sentences import Plan, char_budget, plan_pieces
 from ..engine.speech.types import CharTimestamps, SpeechChunk, SpeechResult
 from .http import ApiError, HttpClient, RetryPolicy
-from .keys import get_api_key
+from .keys import resolve_api_key
 from .prices import SpeechPrice, elevenlabs_speech_cost
 from .speech_base import SpeechStream, guarded, iter_body, synthesize_plan
 
@@ -96,7 +96,7 @@ class ElevenLabs(HttpClient):
     def __init__(self, api_key: str | None = None, base_url: str | None = None, *, user_dir: str | None = None,
                  check_interrupt: Callable[[], None] | None = None, read_timeout_s: float = 120.0,
                  retry: RetryPolicy | None = None, **kw):
-        key = api_key or get_api_key("ELEVENLABS_API_KEY", user_dir, service="ElevenLabs")
+        key = resolve_api_key(api_key, "ELEVENLABS_API_KEY", user_dir, service="ElevenLabs")
         url = base_url or os.environ.get("ELEVENLABS_BASE_URL", "").strip() or DEFAULT_BASE_URL
         super().__init__(url, headers={"xi-api-key": key}, secrets=[key], check_interrupt=check_interrupt,
                          read_timeout_s=read_timeout_s, retry=retry, **kw)

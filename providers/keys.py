@@ -8,14 +8,54 @@ from __future__ import annotations
 
 import json
 import os
+import unicodedata
 from pathlib import Path
 
 KEY_FILE = "keys.json"
 PACK_DIR = "digitalhuman"
 
 
-class MissingKeyError(RuntimeError):
+class ApiKeyError(RuntimeError):
+    """A key could not be used; the message says where it was read, never what it is."""
+
+
+class MissingKeyError(ApiKeyError):
     """No key was found; the message says where to put one."""
+
+
+class InvalidKeyError(ApiKeyError):
+    """A key holds characters no API key has (a copy-paste slip); the message names the source only."""
+
+
+def _describe(ch: str) -> str:
+    """Words for a character that cannot be in a key (never the key around it)."""
+    if ch in "\r\n":
+        return "a line break"
+    if ch == "\t":
+        return "a tab"
+    if ch == " ":
+        return "a space"
+    if ord(ch) < 0x20 or ord(ch) == 0x7F:
+        return f"a control character (U+{ord(ch):04X})"
+    name = unicodedata.name(ch, "")
+    return f"a non-ASCII character (U+{ord(ch):04X}{' ' + name if name else ''})"
+
+
+def clean_key(value: str, source: str) -> str:
+    """``value`` without surrounding whitespace; :class:`InvalidKeyError` naming ``source`` if a character
+    inside is not printable ASCII.
+
+    Why here: a line break inside a key makes the HTTP library raise with ``Bearer <key>`` in its
+    text, and a zero-width space gives a bare codec error; checked where the key is read, the user
+    learns which variable or file to fix and the key never reaches a header.
+    """
+    key = value.strip()
+    for i, ch in enumerate(key):
+        if not "!" <= ch <= "~":
+            raise InvalidKeyError(
+                f"the API key in {source} contains {_describe(ch)} at character {i + 1} of {len(key)}, which no API key "
+                "holds (a copy-paste slip?); copy the key again without it. The key itself is not shown.")
+    return key
 
 
 def comfy_user_dir() -> Path | None:
@@ -36,26 +76,43 @@ def pack_user_dir(user_dir: str | os.PathLike | None = None) -> Path | None:
 
 
 def get_api_key(env_var: str, user_dir: str | os.PathLike | None = None, service: str | None = None) -> str:
-    """The key named ``env_var`` from the environment, else from the key file; clear error if neither."""
-    value = os.environ.get(env_var, "").strip()
-    if value:
-        return value
+    """The key named ``env_var`` from the environment, else from the key file; clear error if neither.
+
+    Surrounding whitespace is dropped; any other character that is not printable ASCII is an
+    :class:`InvalidKeyError` naming the variable or the file (a bad variable is not silently
+    replaced by the file's key: the user would never learn that the variable is broken).
+    """
+    raw = os.environ.get(env_var, "")
+    if raw.strip():
+        return clean_key(raw, f"the environment variable {env_var}")
     folder = pack_user_dir(user_dir)
     path = folder / KEY_FILE if folder is not None else None
     if path is not None and path.is_file():
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(path.read_text(encoding="utf-8-sig"))
         except (OSError, ValueError) as exc:
             raise MissingKeyError(f"key file {path} is not valid JSON ({type(exc).__name__} at {getattr(exc, 'lineno', '?')}:{getattr(exc, 'colno', '?')}); "
                                   f"expected an object like {{\"{env_var}\": \"...\"}}") from None
         if not isinstance(data, dict):
             raise MissingKeyError(f"key file {path} must hold a JSON object like {{\"{env_var}\": \"...\"}}")
-        value = str(data.get(env_var) or data.get(env_var.lower()) or "").strip()
-        if value:
-            return value
+        name = env_var if data.get(env_var) else env_var.lower()
+        value = data.get(name)
+        if value is not None and not isinstance(value, str):
+            raise InvalidKeyError(f"the entry \"{name}\" of the key file {path} must be a string (the key in quotes), "
+                                  f"not a JSON {type(value).__name__}")
+        if value and value.strip():
+            return clean_key(value, f"the entry \"{name}\" of the key file {path}")
     where = str(path) if path is not None else f"<ComfyUI user directory>/{PACK_DIR}/{KEY_FILE}"
     name = service or env_var
     raise MissingKeyError(
         f"no API key for {name}: set the environment variable {env_var} before starting ComfyUI, "
         f"or put {{\"{env_var}\": \"<your key>\"}} into {where}. Keys are never taken from node inputs."
     )
+
+
+def resolve_api_key(api_key: str | None, env_var: str, user_dir: str | os.PathLike | None = None,
+                    service: str | None = None) -> str:
+    """The key a client uses: ``api_key`` when given (cleaned like the others), else :func:`get_api_key`."""
+    if api_key:
+        return clean_key(api_key, "the api_key argument")
+    return get_api_key(env_var, user_dir, service=service)

@@ -15,8 +15,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .http import ApiError, HttpClient, RetryPolicy
-from .keys import get_api_key
+from .http import ApiError, HttpClient, RetryPolicy, guarded
+from .keys import resolve_api_key
 from .prices import image_cost
 
 DEFAULT_MODEL = "gpt-image-2"
@@ -72,7 +72,7 @@ class OpenAIImages(HttpClient):
     def __init__(self, api_key: str | None = None, base_url: str | None = None, *, user_dir: str | None = None,
                  check_interrupt: Callable[[], None] | None = None, read_timeout_s: float = 300.0,
                  retry: RetryPolicy | None = None, **kw):
-        key = api_key or get_api_key("OPENAI_API_KEY", user_dir, service="OpenAI")
+        key = resolve_api_key(api_key, "OPENAI_API_KEY", user_dir, service="OpenAI")
         url = base_url or os.environ.get("OPENAI_BASE_URL", "").strip() or DEFAULT_BASE_URL
         headers = {"Authorization": f"Bearer {key}"}
         org = os.environ.get("OPENAI_ORGANIZATION", "").strip()
@@ -112,6 +112,7 @@ class OpenAIImages(HttpClient):
         cost = image_cost(opts["model"], opts["quality"], opts["size"], len(images))
         return ImageResult(images, cost, body.get("usage") or {}, body.get("created"))
 
+    @guarded
     def generate(self, prompt: str, *, model: str = DEFAULT_MODEL, size: str = "1024x1536", quality: str = "auto",
                  background: str = "auto", output_format: str = "png", n: int = 1) -> ImageResult:
         """Text -> images via ``POST /images/generations``."""
@@ -121,6 +122,7 @@ class OpenAIImages(HttpClient):
         body = self.request("POST", "images/generations", json_body={"prompt": prompt, **opts})
         return self._decode(body, opts)
 
+    @guarded
     def edit(self, prompt: str, images: Sequence[np.ndarray], *, model: str = DEFAULT_MODEL, size: str = "1024x1536",
              quality: str = "auto", background: str = "auto", output_format: str = "png", n: int = 1) -> ImageResult:
         """Reference image(s) + text -> images via multipart ``POST /images/edits`` (``image[]`` for several)."""

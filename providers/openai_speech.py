@@ -30,7 +30,7 @@ from ..engine.speech.pcm import Pcm16Stream, decode_audio
 from ..engine.speech.sentences import Budget, Plan, char_budget, plan_pieces, token_budget
 from ..engine.speech.types import SpeechChunk, SpeechResult
 from .http import ApiError, HttpClient, RetryPolicy
-from .keys import get_api_key
+from .keys import resolve_api_key
 from .prices import openai_speech_cost
 from .speech_base import SpeechStream, guarded, iter_body, iter_sse, synthesize_plan
 
@@ -63,7 +63,7 @@ class OpenAISpeech(HttpClient):
     def __init__(self, api_key: str | None = None, base_url: str | None = None, *, user_dir: str | None = None,
                  check_interrupt: Callable[[], None] | None = None, read_timeout_s: float = 120.0,
                  retry: RetryPolicy | None = None, **kw):
-        key = api_key or get_api_key("OPENAI_API_KEY", user_dir, service="OpenAI")
+        key = resolve_api_key(api_key, "OPENAI_API_KEY", user_dir, service="OpenAI")
         url = base_url or os.environ.get("OPENAI_BASE_URL", "").strip() or DEFAULT_BASE_URL
         headers = {"Authorization": f"Bearer {key}"}
         org = os.environ.get("OPENAI_ORGANIZATION", "").strip()

@@ -24,7 +24,8 @@ SEED_NAMES = {"seed", "noise_seed"}
 
 def is_widget(spec: list) -> bool:
     kind, opts = spec[0], (spec[1] if len(spec) > 1 else {})
-    return isinstance(kind, list) or (kind in WIDGET_TYPES and not opts.get("forceInput"))
+    # a list of choices is a combo widget; today's ComfyUI also writes it as ["COMBO", {"options": [...]}]
+    return isinstance(kind, list) or kind == "COMBO" or (kind in WIDGET_TYPES and not opts.get("forceInput"))
 
 
 def depth_of(prompt: dict) -> dict[str, int]:

@@ -146,6 +146,7 @@ def bench_end_to_end(nets, device, batch: int, frames: int, reps: int) -> float:
     portrait = rng.integers(0, 255, (720, 720, 3), np.uint8)
     driving = rng.integers(0, 255, (max(frames, batch), 512, 512, 3), np.uint8)
     opts = AnimateOptions(chunk_size=batch)
+    nets.render_batch = batch  # W and G at this batch even on a CPU (where the pipeline's default is 1)
     src = A.prepare_source(nets, portrait, face, opts)
 
     def one_pass():
@@ -170,11 +171,11 @@ def stand_in_networks(nets) -> None:
     real_kp, real_wd = nets.keypoint_info, nets.warp_decode
     cache: dict[str, object] = {}
 
-    def keypoint_info(x):
+    def keypoint_info(x, interrupt=None):
         cache.setdefault("kp", real_kp(x[:1]))
         return cache["kp"].select(torch.zeros(x.shape[0], dtype=torch.long))
 
-    def warp_decode(f_s, x_s, x_d):
+    def warp_decode(f_s, x_s, x_d, interrupt=None):
         cache.setdefault("wd", real_wd(f_s, x_s, x_d[:1]))
         return cache["wd"].expand(x_d.shape[0], -1, -1, -1)
 

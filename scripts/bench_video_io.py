@@ -11,7 +11,13 @@ Throughputs are frames/s of each stage alone (stage time = pass time minus the p
 peak RSS is the subprocess's maximum resident size (VmHWM). It must stay flat as
 the length grows. Prints a markdown table.
 
+``--image W H N`` measures the IMAGE path instead, for an N-frame W x H clip in a fresh process:
+decoding into a float32 IMAGE batch (what Load Video does with decode_images on) and writing
+that batch to MP4 (Save Video with IMAGE input), each as time and rise of the peak resident size
+(Linux: VmHWM reset before each step) against the IMAGE's own size and the RAM check's budget.
+
     python scripts/bench_video_io.py [--minutes 1 5 10] [--preset ultrafast] [--workdir DIR]
+    python scripts/bench_video_io.py --image 3840 2160 24
 """
 from __future__ import annotations
 
@@ -109,16 +115,90 @@ def measure(path: Path, preset: str, chunk: int) -> dict:
     }
 
 
+def rss_now_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024.0
+    return peak_rss_mb()
+
+
+def reset_peak() -> None:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # Linux: VmHWM := VmRSS
+    except OSError:
+        pass
+
+
+def measure_image(path: Path, preset: str) -> dict:
+    """Decode ``path`` into a float32 IMAGE tensor, then write it to MP4; time and peak RSS rise of each."""
+    import torch
+
+    from comfyui_digitalhuman.engine.media.stream import FrameStream
+    from comfyui_digitalhuman.engine.media.video_io import VideoSource
+    from comfyui_digitalhuman.engine.media.video_write import write_mp4
+
+    VideoSource(path, frame_cap=2).read_all()  # warm up the decoder
+    src = VideoSource(path)
+    before = rss_now_mb()
+    reset_peak()
+    t0 = time.perf_counter()
+    images = torch.empty((src.frame_count, src.height, src.width, 3), dtype=torch.float32)
+    n = src.read_into(images.numpy())
+    t_dec = time.perf_counter() - t0
+    dec_peak = peak_rss_mb() - before
+    with tempfile.TemporaryDirectory() as tmp:
+        before = rss_now_mb()
+        reset_peak()
+        t0 = time.perf_counter()
+        write_mp4(Path(tmp) / "out.mp4", FrameStream.from_images(images, src.fps), src.fps, preset=preset)
+        t_enc = time.perf_counter() - t0
+        enc_peak = peak_rss_mb() - before
+    return {"frames": n, "width": src.width, "height": src.height, "t_decode": t_dec, "decode_peak_mb": dec_peak,
+            "t_save": t_enc, "save_peak_mb": enc_peak}
+
+
+def image_table(args) -> None:
+    import numpy as np
+
+    from comfyui_digitalhuman.engine.media.video_io import images_peak_bytes
+    from comfyui_digitalhuman.engine.media.video_write import write_mp4
+
+    w, h, n = args.image
+    with tempfile.TemporaryDirectory(prefix="dh-bench-") as tmp:
+        path = Path(tmp) / "clip.mp4"
+        rng = np.random.default_rng(0)
+        base = rng.integers(0, 255, (h // 8, w // 8, 3), dtype=np.uint8).repeat(8, 0).repeat(8, 1)
+        write_mp4(path, (np.roll(base, 8 * i, axis=1)[None] for i in range(n)), FPS, preset="ultrafast")
+        out = subprocess.run([sys.executable, __file__, "--measure-image", str(path), "--preset", args.preset],
+                             check=True, capture_output=True, text=True)
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    image_mb = n * w * h * 3 * 4 / 2**20
+    print(f"\nIMAGE path, {w}x{h}, {n} frames, x264 preset {args.preset}, {os.cpu_count()} CPUs\n")
+    print("| step | ms per frame | peak RSS rise (MB) | float32 IMAGE (MB) | RAM check budget (MB) |")
+    print("|---|---|---|---|---|")
+    print(f"| decode into IMAGE | {1000 * r['t_decode'] / n:.1f} | {r['decode_peak_mb']:.0f} | {image_mb:.0f} | "
+          f"{images_peak_bytes(n, w, h) / 2**20:.0f} |")
+    print(f"| save IMAGE to MP4 | {1000 * r['t_save'] / n:.1f} | {r['save_peak_mb']:.0f} | (held) | - |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", type=float, nargs="+", default=[1, 5, 10])
     ap.add_argument("--preset", default="ultrafast", help="x264 preset for input making and the encode pass")
     ap.add_argument("--chunk", type=int, default=16, help="frames per chunk")
     ap.add_argument("--workdir", type=Path, default=None, help="keep the inputs here (default: a temp dir, removed)")
+    ap.add_argument("--image", type=int, nargs=3, metavar=("W", "H", "N"), help="measure the IMAGE path instead")
     ap.add_argument("--measure", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--measure-image", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.measure:
         print(json.dumps(measure(args.measure, args.preset, args.chunk)))
+        return
+    if args.measure_image:
+        print(json.dumps(measure_image(args.measure_image, args.preset)))
+        return
+    if args.image:
+        image_table(args)
         return
     tmp = None
     if args.workdir is None:

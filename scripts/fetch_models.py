@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _pack  # noqa: E402,F401  (registers ``comfyui_digitalhuman``)
@@ -37,7 +38,7 @@ def _list(models_dir: str | None) -> str:
         state = ""
         if root is not None:
             state = "present" if target_path(e, root).is_file() else "missing"
-        src = e.repo or f"pip:{e.pip}"
+        src = e.repo or (urlsplit(e.urls[0]).netloc if e.urls else f"pip:{e.pip}")
         opt = " (optional)" if e.optional else ""
         lines.append(f"{e.id:45} {_size(e.size):>10}  {','.join(e.groups):28} {src}  {state}{opt}")
     return "\n".join(lines)

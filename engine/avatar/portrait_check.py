@@ -164,14 +164,20 @@ def _limit_check(name: str, value: float, lo: float | None, hi: float | None, fm
     return Check(name, PASS, value, lim)
 
 
-def evaluate_portrait(image: np.ndarray, faces: Sequence[Any], thresholds: dict[str, float] | None = None) -> PortraitReport:
-    """All checks of ``image`` (uint8 [H,W,3]) given its detected ``faces`` (largest first)."""
+def evaluate_portrait(image: np.ndarray, faces: Sequence[Any], thresholds: dict[str, float] | None = None,
+                      num_faces: int | None = None) -> PortraitReport:
+    """All checks of ``image`` (uint8 [H,W,3]) given its detected ``faces`` (largest first).
+
+    ``faces[0]`` is the face the later steps would take; ``num_faces`` is how many faces a counting
+    pass that sees every face found (default ``len(faces)``). Without a face to take the check
+    fails with "no face found" whatever the count.
+    """
     if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"portrait check needs a uint8 [H,W,3] image, got {getattr(image, 'dtype', type(image))} {getattr(image, 'shape', '')}")
     t = thresholds or load_thresholds()
     h, w = image.shape[:2]
     checks: list[Check] = []
-    n = len(faces)
+    n = max(len(faces), int(num_faces or 0)) if faces else 0
     expected = int(t["faces_expected"])
     if n == 0:
         checks.append(Check("faces", FAIL, 0, f"== {expected}", "no face found"))
@@ -246,6 +252,10 @@ def check_portrait(image: np.ndarray, analyzer: Any = None, *, thresholds: dict[
                    crop_size: int = 512, cropper: Callable[..., Any] | None = None) -> PortraitReport:
     """Detect faces, run every check and add the LivePortrait-style aligned crop of the chosen face.
 
+    The checked face is ``analyzer.detect(image)[0]``, the one the later steps take; faces are
+    counted with ``analyzer.detect_all`` when it has one (both detector models, see
+    ``count_full_range_min_score`` / ``count_same_face_iou`` in the thresholds), so a second face
+    that only the full-range model sees still fails "exactly one face".
     ``analyzer`` defaults to ``engine.face.analyzer.FaceAnalyzer()``; ``cropper`` to
     ``engine.face.align.crop_liveportrait`` (both imported here, so importing this module is cheap).
     """
@@ -253,8 +263,13 @@ def check_portrait(image: np.ndarray, analyzer: Any = None, *, thresholds: dict[
         from ..face.analyzer import FaceAnalyzer
 
         analyzer = FaceAnalyzer()
+    t = thresholds or load_thresholds()
     faces = analyzer.detect(image)
-    report = evaluate_portrait(image, faces, thresholds)
+    counted = None
+    if faces and hasattr(analyzer, "detect_all"):  # count with both detector models, not just the first that finds one
+        counted = len(analyzer.detect_all(image, full_min_score=t["count_full_range_min_score"],
+                                          same_face_iou=t["count_same_face_iou"]))
+    report = evaluate_portrait(image, faces, t, num_faces=counted)
     if report.face is not None:
         if cropper is None:
             from ..face.align import crop_liveportrait as cropper

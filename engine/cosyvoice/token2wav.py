@@ -41,7 +41,8 @@ class FlowLike(Protocol):
 
 
 class VocoderLike(Protocol):
-    def inference(self, mel: torch.Tensor, cache_source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def inference(self, mel: torch.Tensor, cache_source: torch.Tensor, *,
+                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,7 @@ class Token2Wav:
     hift: VocoderLike
     prompt: FlowPrompt
     schedule: StreamSchedule
+    generator: torch.Generator | None = None  # the vocoder's noise (None: torch's global generator)
     cache: _HiftCache | None = field(default=None, init=False)
 
     def _window(self, device) -> torch.Tensor:
@@ -120,7 +122,7 @@ class Token2Wav:
         else:
             cache_source = torch.zeros(1, 1, 0, dtype=mel.dtype, device=mel.device)
         if not finalize:
-            speech, source = self.hift.inference(mel, cache_source)
+            speech, source = self.hift.inference(mel, cache_source, generator=self.generator)
             if self.cache is not None:
                 speech = fade_in_out(speech, self.cache.speech, self._window(speech.device))
             n = self.schedule.source_cache_len
@@ -131,7 +133,7 @@ class Token2Wav:
             if self.cache is not None:
                 raise ValueError("speed can only be changed without streaming")
             mel = F.interpolate(mel, size=int(mel.shape[2] / speed), mode="linear")
-        speech, _ = self.hift.inference(mel, cache_source)
+        speech, _ = self.hift.inference(mel, cache_source, generator=self.generator)
         if self.cache is not None:
             speech = fade_in_out(speech, self.cache.speech, self._window(speech.device))
         return speech

@@ -14,6 +14,11 @@ Rules (documented, tested):
   (then top to bottom) by box centre.
 * A detection whose face-mesh presence score is below :data:`MIN_PRESENCE` is dropped (the
   mesh network's own "is there a face in this crop" output, as MediaPipe uses it).
+* Counting (:meth:`FaceAnalyzer.detect_all`, e.g. the portrait check's "exactly one face"):
+  both models run on every image and their detections are merged (a full-range box overlapping a
+  short-range one by more than ``same_face_iou`` is the same face; after the mesh, faces whose
+  landmark boxes overlap that much count once). The default pass above stops at the first model
+  that finds something, so it misses a second face that only the other model sees.
 * Landmarks are computed twice: from the detection ROI, then from the ROI of those landmarks
   (MediaPipe's tracking ROI), which centres the face in the mesh crop and steadies the points.
 
@@ -31,7 +36,7 @@ from typing import Protocol, Sequence, runtime_checkable
 import numpy as np
 import torch
 
-from .blazeface import BlazeFaceDetector
+from .blazeface import BlazeFaceDetector, _iou
 from .image_input import MIN_IMAGE_SIDE, to_rgb_uint8
 from .mesh import FaceMesh, roi_from_detection, roi_from_landmarks
 from .pose import head_pose
@@ -69,6 +74,12 @@ def order_faces(faces: list[Face], tol: float = EQUAL_SIZE_TOL) -> list[Face]:
         out += sorted(by_area[i:j], key=lambda f: (float(f.center[0]), float(f.center[1])))
         i = j
     return out
+
+
+def _landmark_box(face: Face) -> np.ndarray:
+    """x0, y0, x1, y1 of the face's landmarks (tighter and steadier than the detector's box)."""
+    xy = np.asarray(face.landmarks, np.float64)[:, :2]
+    return np.concatenate([xy.min(0), xy.max(0)])
 
 
 class FaceAnalyzer:
@@ -125,8 +136,40 @@ class FaceAnalyzer:
                     dets[i] = d
         return dets
 
+    def detect_all(self, image: np.ndarray, full_min_score: float | None = None, same_face_iou: float = 0.5) -> list[Face]:
+        """Every face either BlazeFace model sees in one image, each counted once; for counting.
+
+        :meth:`detect` (what the pipeline takes as *the* face) tries the full-range model only where
+        the short-range one finds nothing, so a second face only the full-range model sees (a small
+        inset, a second portrait beside the first) is missed there. Here both run: full-range
+        detections at ``full_min_score`` (default: the model's own threshold) that overlap no
+        short-range box by more than ``same_face_iou`` are added, every candidate goes through the
+        mesh (presence, ``min_face``) as in :meth:`detect`, and faces whose landmark boxes overlap by
+        more than ``same_face_iou`` are one face. Ordered like :meth:`detect`. With one model only
+        (``detector='short'``/``'full'`` or a custom backend) this is :meth:`detect`.
+        """
+        if self._custom is not None or self._short is None or self._full is None:
+            return self.detect(image)
+        img = to_rgb_uint8(image, "image")
+        self.last_too_small = []
+        if min(img.shape[:2]) < MIN_IMAGE_SIDE:
+            return []
+        short = self._short.detect([img])[0]
+        full = self._full.detect([img], full_min_score)[0]
+        short_boxes = np.array([b for b, _, _ in short]).reshape(-1, 4)
+        cands = list(short) + [d for d in full if not len(short_boxes) or _iou(d[0], short_boxes).max() <= same_face_iou]
+        kept: list[Face] = []
+        for f in self._faces_from([img], [cands], [0])[0]:
+            lb = _landmark_box(f)
+            if all(_iou(lb, _landmark_box(k)[None])[0] <= same_face_iou for k in kept):
+                kept.append(f)
+        return order_faces(kept)
+
     def _detect_chunk(self, imgs: list[np.ndarray], frame_ids: list[int]) -> list[list[Face]]:
-        dets = self._raw_detections(imgs)
+        return self._faces_from(imgs, self._raw_detections(imgs), frame_ids)
+
+    def _faces_from(self, imgs: list[np.ndarray], dets: list[list[tuple]], frame_ids: list[int]) -> list[list[Face]]:
+        """Detections -> Faces: too-small boxes set aside, 468 landmarks (twice), presence filter."""
         jobs = []
         for k, (img, d) in enumerate(zip(imgs, dets)):
             for box, kps, score in d:

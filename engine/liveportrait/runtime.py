@@ -43,6 +43,10 @@ class LivePortraitNets:
     generator: nn.Module
     retarget: nn.Module | None
     fell_back: set[str] = field(default_factory=set)
+    # Frames per warping/generator call; 0: one on a CPU, the whole batch elsewhere. Why one on a CPU:
+    # batching is no faster there (scripts/bench_liveportrait.py: W+G 13.5 s per frame at batch 1,
+    # 16.4 s at batch 4) and Cancel is then seen after every frame instead of after a whole chunk.
+    render_batch: int = 0
 
     @property
     def device(self) -> torch.device:
@@ -97,17 +101,41 @@ class LivePortraitNets:
         x = torch.from_numpy(np.clip(out.astype(np.float32) / 255.0, 0, 1)).permute(0, 3, 1, 2)
         return x.to(self.device)
 
-    def appearance_feature(self, images256: torch.Tensor) -> torch.Tensor:
+    def appearance_feature(self, images256: torch.Tensor, interrupt: Callable[[], None] | None = None) -> torch.Tensor:
+        if interrupt is not None:
+            interrupt()
         return self.guarded("appearance", images256)
 
-    def keypoint_info(self, images256: torch.Tensor) -> K.KeypointInfo:
+    def keypoint_info(self, images256: torch.Tensor, interrupt: Callable[[], None] | None = None) -> K.KeypointInfo:
+        if interrupt is not None:
+            interrupt()
         return K.refine(self.guarded("motion", images256))
 
-    def warp_decode(self, f_s: torch.Tensor, x_s: torch.Tensor, x_d: torch.Tensor) -> torch.Tensor:
-        """Animated crops ``[n,3,512,512]`` in 0..1 for driving keypoints ``x_d`` ``[n,21,3]``."""
+    def warp_decode(self, f_s: torch.Tensor, x_s: torch.Tensor, x_d: torch.Tensor,
+                    interrupt: Callable[[], None] | None = None) -> torch.Tensor:
+        """Animated crops ``[n,3,512,512]`` in 0..1 for driving keypoints ``x_d`` ``[n,21,3]``.
+
+        ``f_s`` / ``x_s`` hold one source (broadcast) or ``n``. The frames go through W and G
+        ``render_batch`` at a time with ``interrupt()`` before every network call, so Cancel stops
+        the work within one call, not after a whole chunk.
+        """
         n = x_d.shape[0]
-        warped = self.guarded("warping", f_s.expand(n, -1, -1, -1, -1), x_d, x_s.expand(n, -1, -1))
-        return self.guarded("generator", warped["out"], black_check=True)
+        step = self.render_batch if self.render_batch > 0 else (1 if self.device.type == "cpu" else n)
+        step = max(1, min(step, n))
+
+        def part(t: torch.Tensor, i: int, m: int) -> torch.Tensor:
+            return t[i:i + m] if t.shape[0] == n and n > 1 else t.expand(m, *t.shape[1:])
+
+        outs = []
+        for i in range(0, n, step):
+            m = min(step, n - i)
+            if interrupt is not None:
+                interrupt()
+            warped = self.guarded("warping", part(f_s, i, m), x_d[i:i + m], part(x_s, i, m))
+            if interrupt is not None:
+                interrupt()
+            outs.append(self.guarded("generator", warped["out"], black_check=True))
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
 
     def channels_last(self) -> None:
         """Store 2-D convolution weights channels-last (faster convolutions on recent GPUs)."""

@@ -72,7 +72,7 @@ def analyse_source(nets: LivePortraitNets, source: DrivingSource, face: FaceOps,
             eyes.append(face.eye_ratio(lmk))
             lips.append(face.lip_ratio(lmk))
             crops.append(crop)
-        infos.append(nets.keypoint_info(nets.to_input(np.stack(crops), area=True)))
+        infos.append(nets.keypoint_info(nets.to_input(np.stack(crops), area=True), interrupt))
         if limit is not None and len(present) >= limit:
             break
     if not present:
@@ -97,7 +97,7 @@ def driving_infos(nets: LivePortraitNets, driving: DrivingSource, track, face: F
             if track.M_o2c is not None:
                 frame = face.warp_to_crop(frame, track.M_o2c, CROP_SIZE)
             crops.append(cv2.resize(frame, (256, 256)) if frame.shape[:2] != (256, 256) else frame)
-        info = nets.keypoint_info(nets.to_input(np.stack(crops)))
+        info = nets.keypoint_info(nets.to_input(np.stack(crops)), interrupt)
         infos.append(info)
         done += len(chunk)
     info = K.KeypointInfo.cat(infos)
@@ -234,9 +234,9 @@ def _video_pass(nets, source, face, opts, strack, dtrack, x_s_all, x_d_all, n, i
         if use:
             sel = [idx[j] for j in use]
             src_crops = np.stack([face.warp_to_crop(frames[j], strack.M_o2c[i], CROP_SIZE) for j, i in zip(use, sel)])
-            f_s = nets.appearance_feature(nets.to_input(src_crops, area=True))
+            f_s = nets.appearance_feature(nets.to_input(src_crops, area=True), interrupt)
             sel_t = torch.as_tensor(sel, device=x_d_all.device)
-            res = nets.to_uint8(nets.warp_decode(f_s, x_s_all[sel_t], x_d_all[sel_t]))
+            res = nets.to_uint8(nets.warp_decode(f_s, x_s_all[sel_t], x_d_all[sel_t], interrupt))
             if res.shape[1:3] != (CROP_SIZE, CROP_SIZE):
                 res = np.stack([cv2.resize(r, (CROP_SIZE, CROP_SIZE)) for r in res])
             for k, (j, i) in enumerate(zip(use, sel)):

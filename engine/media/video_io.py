@@ -11,6 +11,12 @@ Frame selection, applied in this order:
 3. ``select_every_nth`` keeps frames 0, n, 2n, ... of what remains; the fps is divided by n.
 4. ``frame_cap`` (> 0) keeps at most that many frames.
 
+Variable frame rate (phones, screen recordings): when the frame intervals differ by more than
+``vfr_interval_spread`` of ``data/media.json``, a video without ``force_fps`` is read on the
+step-1 timeline at its average rate (frames / span of the timestamps) instead of frame by frame,
+so every frame is shown at its own time and the picture stays in sync with the audio (frames
+are repeated across long intervals and dropped in bursts). :attr:`VideoSource.notes` says so.
+
 Frames are uint8 RGB ``[n, H, W, 3]``. Decoding happens on demand in :meth:`VideoSource.iter_chunks`,
 so a long video needs only one chunk of frames in memory.
 """
@@ -29,6 +35,7 @@ import numpy as np
 
 from .audio_io import read_audio_track
 from .errors import MediaError
+from .settings import media_settings
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".flv", ".mpg", ".mpeg", ".ts", ".gif")
 # Containers/codecs FFmpeg uses for still pictures; a video loader must refuse them clearly.
@@ -128,6 +135,59 @@ def probe(path: str | os.PathLike) -> VideoInfo:
     return VideoInfo(path, width, height, fps, frames, duration, audio is not None, codec, a_rate, a_ch)
 
 
+@dataclass(frozen=True)
+class FrameTiming:
+    """The presentation timestamps of a video's frames, summarised (from demuxing, no decoding)."""
+
+    count: int  # frames with a timestamp
+    span: float  # seconds from the first frame to the end of the last (last interval = the median)
+    median_interval: float  # seconds
+    min_interval: float
+    max_interval: float
+    variable: bool  # some interval is off the median by more than the vfr_interval_spread rule
+
+    @property
+    def average_fps(self) -> float:
+        return self.count / self.span if self.span > 0 else 0.0
+
+
+def frame_timing(path: str | os.PathLike, spread: float | None = None) -> FrameTiming:
+    """Frame intervals of the first video stream, and whether the frame rate is variable.
+
+    An interval counts as off when it differs from the median by more than ``spread`` (default:
+    ``vfr_interval_spread`` of data/media.json) times the median plus one tick of the time base,
+    so the rounding of a constant rate's timestamps (33/34 ms at 29.97 fps in Matroska) is not VFR.
+    """
+    path = str(path)
+    spread = float(media_settings()["vfr_interval_spread"] if spread is None else spread)
+    with open_video(path) as container:
+        stream = _video_stream(container, path)
+        tb = stream.time_base or Fraction(1, 90000)
+        stamps = []
+        for pkt in container.demux(stream):
+            t = pkt.pts if pkt.pts is not None else pkt.dts
+            if t is not None and pkt.size > 0:
+                stamps.append(t)
+    if len(stamps) < 3:
+        return FrameTiming(len(stamps), 0.0, 0.0, 0.0, 0.0, False)
+    ticks = np.diff(np.sort(np.asarray(stamps, dtype=np.int64)))
+    d = ticks.astype(np.float64) * float(tb)
+    median = float(np.median(d))
+    off = np.abs(d - median) > spread * median + float(tb)
+    span = float((max(stamps) - min(stamps)) * tb) + median
+    return FrameTiming(len(stamps), span, median, float(d.min()), float(d.max()), bool(median > 0 and off.any()))
+
+
+def images_peak_bytes(frames: int, width: int, height: int) -> int:
+    """Peak memory of decoding ``frames`` into a float32 IMAGE with :meth:`VideoSource.read_into`.
+
+    The IMAGE itself (4 bytes a channel) plus the decoder's frames in flight, counted as
+    ``image_decode_overhead_frames`` (data/media.json) uint8 RGB frames.
+    """
+    frame = width * height * 3
+    return frames * frame * 4 + int(media_settings()["image_decode_overhead_frames"]) * frame
+
+
 def resampled_count(duration: float, fps: float) -> int:
     """Frames at ``fps`` covering ``duration`` seconds: every ``i`` with ``i / fps < duration``."""
     return max(0, math.ceil(duration * fps - _TS_EPS))
@@ -167,8 +227,26 @@ class VideoSource:
         self.skip_first = int(skip_first)
         self.frame_cap = int(frame_cap)
         self.select_every_nth = int(select_every_nth)
-        base_fps = self.force_fps or self.info.fps
-        self.base_count = resampled_count(self.info.duration, base_fps) if self.force_fps else self.info.frame_count
+        self.timing = frame_timing(self.path)
+        #: what was done that a user should know (variable frame rate made constant), one sentence each
+        self.notes: list[str] = []
+        # the step-1 timeline: force_fps, else the average rate of a variable-frame-rate video
+        self.timeline_fps = self.force_fps
+        duration = self.info.duration
+        if self.timing.variable:
+            ms = f"{self.timing.min_interval * 1000:.1f} to {self.timing.max_interval * 1000:.1f} ms"
+            if self.force_fps:
+                self.notes.append(f"variable frame rate (frame intervals {ms}): resampled by timestamps to the "
+                                  f"force_fps of {self.force_fps:g} fps")
+            else:
+                self.timeline_fps = self.timing.average_fps
+                duration = self.timing.span
+                self.notes.append(
+                    f"variable frame rate (frame intervals {ms}): loaded as a constant {self.timeline_fps:.3f} fps (the "
+                    f"average over {self.timing.span:.2f} s), each frame shown at its own time, so frames are repeated "
+                    "or dropped and the picture stays in sync with the sound; set force_fps for another rate")
+        base_fps = self.timeline_fps or self.info.fps
+        self.base_count = resampled_count(duration, base_fps) if self.timeline_fps else self.info.frame_count
         self.fps = base_fps / self.select_every_nth
         self.frame_count = selected_count(self.base_count, self.skip_first, self.select_every_nth, self.frame_cap)
         self.width, self.height = self.info.width, self.info.height
@@ -213,8 +291,9 @@ class VideoSource:
                 log.warning("[DigitalHuman] %s: %d of %d frames decodable; the last one is repeated", self.path, n, expected)
 
     def _base_frames(self) -> Iterator[np.ndarray]:
-        """Frames before skip/nth/cap: every decoded frame, or the force_fps timeline."""
-        if not self.force_fps:
+        """Frames before skip/nth/cap: every decoded frame, or the timeline at ``timeline_fps``."""
+        fps = self.timeline_fps
+        if not fps:
             n, img = 0, None
             for _, img in self._decoded():
                 yield img
@@ -226,7 +305,7 @@ class VideoSource:
         i, held = 0, None
         for ts, img in self._decoded():
             # emit output frames whose time lies before this source frame: they show the held one
-            while i < self.base_count and held is not None and i / self.force_fps + _TS_EPS < ts:
+            while i < self.base_count and held is not None and i / fps + _TS_EPS < ts:
                 yield held
                 i += 1
             held = img
@@ -250,23 +329,66 @@ class VideoSource:
     def iter_chunks(
         self, chunk: int = 16, check_interrupt: Callable[[], None] | None = None
     ) -> Iterator[np.ndarray]:
-        """Selected frames in batches of up to ``chunk``: uint8 ``[n, H, W, 3]``, decoded on demand."""
+        """Selected frames in batches of up to ``chunk``: uint8 ``[n, H, W, 3]``, decoded on demand.
+
+        Each batch is a new array filled frame by frame (no list of frames stacked afterwards, which
+        would hold every frame of a chunk twice: 1.6 GB for 32 frames of 4K).
+        """
         if chunk < 1:
             raise ValueError(f"chunk must be >= 1, got {chunk}")
-        buf: list[np.ndarray] = []
+        buf: np.ndarray | None = None
+        n = done = 0
         for img in self.iter_frames():
-            buf.append(img)
-            if len(buf) == chunk:
+            if buf is None:
+                buf = np.empty((min(chunk, max(self.frame_count - done, 1)), *img.shape), dtype=np.uint8)
+            self._check_size(img, done + n)
+            buf[n] = img
+            n += 1
+            if n == len(buf):
                 if check_interrupt:
                     check_interrupt()
-                yield np.stack(buf)
-                buf = []
-        if buf:
-            yield np.stack(buf)
+                yield buf
+                done += n
+                buf, n = None, 0
+        if buf is not None and n:
+            yield buf[:n]
+
+    def _check_size(self, img: np.ndarray, index: int) -> None:
+        if img.shape != (self.height, self.width, 3):
+            raise MediaError(f"'{self.path}': frame {index} is {img.shape[1]}x{img.shape[0]}, but the video is "
+                             f"{self.width}x{self.height} (a size change inside the stream is not supported)")
+
+    def read_into(self, out: np.ndarray, progress: Callable[[int, int], None] | None = None,
+                  check_interrupt: Callable[[], None] | None = None) -> int:
+        """Decode the selected frames straight into ``out`` (``[>= frame_count, H, W, 3]``); returns the count.
+
+        A float ``out`` receives ``frame / 255`` in float32 (ComfyUI's IMAGE values), converted frame
+        by frame in place: what an IMAGE batch costs is the output alone, with no full uint8 copy
+        beside it (the old path held uint8 frames, a stacked copy and then the float tensor).
+        """
+        total = self.frame_count
+        if out.ndim != 4 or out.shape[0] < total or out.shape[1:] != (self.height, self.width, 3):
+            raise ValueError(f"out must be [{total}, {self.height}, {self.width}, 3], got {list(out.shape)}")
+        as_float = out.dtype.kind == "f"
+        scale = out.dtype.type(255.0) if as_float else None
+        done = 0
+        for img in self.iter_frames():
+            self._check_size(img, done)
+            if as_float:
+                np.divide(img, scale, out=out[done])
+            else:
+                out[done] = img
+            done += 1
+            if done % 8 == 0 or done == total:
+                if check_interrupt:
+                    check_interrupt()
+                if progress:
+                    progress(done, total)
+        return done
 
     def time_range(self) -> tuple[float, float]:
-        """(start s, length s) of the source time the selected frames cover (constant frame rate assumed)."""
-        base_fps = self.force_fps or self.info.fps
+        """(start s, length s) of the source time the selected frames cover."""
+        base_fps = self.timeline_fps or self.info.fps
         return self.skip_first / base_fps, self.frame_count / self.fps
 
     def read_audio(self, sample_rate: int | None = None, mono: bool = False) -> tuple[np.ndarray, int]:
@@ -281,7 +403,8 @@ class VideoSource:
     def read_all(self, progress: Callable[[int, int], None] | None = None,
                  check_interrupt: Callable[[], None] | None = None) -> np.ndarray:
         """All selected frames in one uint8 array (for short clips; long ones should stream)."""
-        return read_chunks_into(self.iter_chunks(32, check_interrupt), self.frame_count, self.height, self.width, progress)
+        out = np.empty((self.frame_count, self.height, self.width, 3), dtype=np.uint8)
+        return out[:self.read_into(out, progress, check_interrupt)]
 
 
 def read_chunks_into(chunks, total: int, height: int, width: int,

@@ -11,8 +11,11 @@ Rules, so nothing surprising happens to a user's media:
   ``"extend_video"``: when the audio is longer, the last frame is held until the audio ends
   (``ceil(audio_seconds * fps)`` frames in all); a shorter audio is padded with silence.
 * **Audio samples**: NaN and +-inf become 0, everything is clipped to [-1, 1] (the number of
-  non-finite samples is reported). More than two channels are averaged to mono; a sample
-  rate AAC cannot store is resampled to 48 kHz.
+  non-finite samples is reported). More than two channels are downmixed by the rules of
+  :mod:`engine.media.downmix` (3-8 channels: the surround layout's ITU stereo downmix; more:
+  averaged to mono), and :class:`WrittenInfo` says what was done; a sample rate AAC cannot
+  store is resampled to 48 kHz. Frames go to PyAV packed (interleaved), never planar, because
+  PyAV mishandles planar frames of 8 or more channels (see :mod:`engine.media.audio_io`).
 * **Files**: frames go to ``<name>.partial.mp4`` beside the target, which is renamed to the
   final name only when everything is written. If an error stops the writing, the partial file
   is closed properly (playable up to the last chunk written), kept, and the error names it; the
@@ -32,7 +35,8 @@ from typing import Any, Callable, Iterable, Iterator
 import av
 import numpy as np
 
-from .audio_io import clean_audio
+from .audio_io import clean_audio, packed_frame, packed_samples
+from .downmix import fit_channels
 from .errors import MediaError, MediaWriteError
 from .stream import FrameStream, to_uint8_batch
 
@@ -62,6 +66,41 @@ class WrittenInfo:
     held_frames: int = 0  # copies of the last frame added (extend_video)
     audio_nonfinite: int = 0  # NaN/inf samples replaced by 0
     size_padded: bool = False  # an odd input size was padded to even
+    audio_channels_in: int = 0  # channels of the audio given
+    audio_channels: int = 0  # channels in the file
+    audio_downmix: str = ""  # what was done to fit the channels ("" = kept)
+    audio_gain_db: float = 0.0  # level change of the downmix to stay within full scale
+
+    def notes(self, source_fps: float | None = None) -> list[str]:
+        """What the writer changed about the user's media, one sentence each, for a node's UI.
+
+        ``source_fps``: the rate the frames were made for (a stream's own fps), if known; writing at
+        another rate changes the playback speed. A cut or padding shorter than half a frame is the
+        normal rounding of the audio to whole frames and is not mentioned.
+        """
+        out: list[str] = []
+        if source_fps and abs(source_fps - self.fps) > 1e-6:
+            speed = "slower" if self.fps < source_fps else "faster"
+            out.append(f"saved at {self.fps:g} fps, but the frames are {source_fps:g} fps: the video plays "
+                       f"{max(source_fps, self.fps) / min(source_fps, self.fps):.3g}x {speed} than its source "
+                       f"({self.duration:.2f} s instead of {self.frame_count / source_fps:.2f} s)")
+        half_frame = 0.5 / self.fps
+        if self.audio_trimmed_s >= half_frame:
+            out.append(f"the audio was {self.audio_trimmed_s:.2f} s longer than the {self.duration:.2f} s of video "
+                       f"({self.frame_count} frames at {self.fps:g} fps): its last {self.audio_trimmed_s:.2f} s were cut "
+                       "(audio_fit=extend_video keeps it)")
+        if self.audio_padded_s >= half_frame:
+            out.append(f"the audio was {self.audio_padded_s:.2f} s shorter than the {self.duration:.2f} s of video: "
+                       f"{self.audio_padded_s:.2f} s of silence were added at the end")
+        if self.held_frames:
+            out.append(f"the last frame is held {self.held_frames} times ({self.held_frames / self.fps:.2f} s) "
+                       "to cover the audio")
+        if self.audio_downmix:
+            gain = f", scaled by {self.audio_gain_db:.1f} dB so it does not clip" if self.audio_gain_db else ""
+            out.append(f"audio: {self.audio_downmix}{gain}")
+        if self.audio_nonfinite:
+            out.append(f"audio: {self.audio_nonfinite} NaN/inf samples were replaced by silence")
+        return out
 
 
 def partial_path_for(path: str | os.PathLike) -> Path:
@@ -75,8 +114,20 @@ def fps_fraction(fps: float) -> Fraction:
     return Fraction(float(fps)).limit_denominator(1001)
 
 
-def _prepare_audio(audio: Any, where: str) -> tuple[np.ndarray, int, int]:
-    """(clean float32 [C<=2, T], AAC-compatible rate, count of non-finite samples) from ``(wave, sr)``."""
+@dataclass(frozen=True)
+class _Audio:
+    """Audio ready for the AAC encoder."""
+
+    wave: np.ndarray  # float32 [1 or 2, T]
+    sr: int
+    nonfinite: int
+    channels_in: int
+    downmix: str
+    gain_db: float
+
+
+def _prepare_audio(audio: Any, where: str) -> _Audio:
+    """Clean float32 ``[C<=2, T]`` at an AAC-compatible rate from ``(wave, sr)``, and what was done to it."""
     try:
         wave, sr = audio
     except (TypeError, ValueError):
@@ -95,21 +146,25 @@ def _prepare_audio(audio: Any, where: str) -> tuple[np.ndarray, int, int]:
         wave = wave.astype(np.float32) / float(np.iinfo(wave.dtype).max)
     nonfinite = int(np.size(wave) - np.count_nonzero(np.isfinite(wave)))
     wave = clean_audio(wave)
-    if wave.shape[0] > 2:
-        wave = wave.mean(axis=0, keepdims=True)
+    channels_in = int(wave.shape[0])
     if wave.shape[0] == 0:
         wave = np.zeros((1, wave.shape[1]), dtype=np.float32)
+    fitted = fit_channels(wave, sr)
+    wave = fitted.wave
     if sr not in _AAC_RATES and wave.shape[1] > 0:
         wave, sr = _resample(wave, sr, 48000), 48000
-    return np.ascontiguousarray(wave), sr, nonfinite
+    return _Audio(np.ascontiguousarray(wave), sr, nonfinite, channels_in, fitted.rule, fitted.gain_db)
+
+
+def _layout(channels: int) -> str:
+    return "mono" if channels == 1 else "stereo"
 
 
 def _resample(wave: np.ndarray, sr: int, out_sr: int) -> np.ndarray:
-    layout = "mono" if wave.shape[0] == 1 else "stereo"
-    rs = av.AudioResampler(format="fltp", layout=layout, rate=out_sr)
-    frame = av.AudioFrame.from_ndarray(wave, format="fltp", layout=layout)
-    frame.sample_rate = sr
-    out = [f.to_ndarray() for f in rs.resample(frame)] + [f.to_ndarray() for f in rs.resample(None)]
+    layout = _layout(wave.shape[0])
+    rs = av.AudioResampler(format="flt", layout=layout, rate=out_sr)
+    frame = packed_frame(wave, sr, layout)
+    out = [packed_samples(f) for f in rs.resample(frame)] + [packed_samples(f) for f in rs.resample(None)]
     return np.concatenate(out, axis=1) if out else np.zeros((wave.shape[0], 0), np.float32)
 
 
@@ -145,7 +200,7 @@ class _Mp4Writer:
         vs.codec_context.time_base = 1 / self.rate
         self.vstream = vs
         if self.wave is not None:
-            layout = "mono" if self.wave.shape[0] == 1 else "stereo"
+            layout = _layout(self.wave.shape[0])
             a = self.container.add_stream("aac", rate=self.sr)
             a.layout = layout
             self.astream, self.layout = a, layout
@@ -165,9 +220,8 @@ class _Mp4Writer:
 
     def _encode_audio(self, samples: np.ndarray) -> None:
         for i in range(0, samples.shape[1], _AUDIO_BLOCK):
-            part = np.ascontiguousarray(samples[:, i:i + _AUDIO_BLOCK])
-            frame = av.AudioFrame.from_ndarray(part, format="fltp", layout=self.layout)
-            frame.sample_rate = self.sr
+            part = samples[:, i:i + _AUDIO_BLOCK]
+            frame = packed_frame(part, self.sr, self.layout)
             frame.pts = self.audio_pos
             frame.time_base = Fraction(1, self.sr)
             for pkt in self.astream.encode(frame):
@@ -223,12 +277,12 @@ def write_mp4(
     if preset not in X264_PRESETS:
         raise MediaError(f"'{final}': preset must be one of {X264_PRESETS}, got {preset!r}")
     prepared = None
-    nonfinite = 0
+    fitted: _Audio | None = None
     if audio is not None:
-        wave, sr, nonfinite = _prepare_audio(audio, f"'{final}'")
-        prepared = (wave, sr)
-        if nonfinite:
-            log.warning("[DigitalHuman] %s: %d NaN/inf audio samples replaced by silence", final.name, nonfinite)
+        fitted = _prepare_audio(audio, f"'{final}'")
+        prepared = (fitted.wave, fitted.sr)
+        if fitted.nonfinite:
+            log.warning("[DigitalHuman] %s: %d NaN/inf audio samples replaced by silence", final.name, fitted.nonfinite)
     final.parent.mkdir(parents=True, exist_ok=True)
     partial = partial_path_for(final)
     partial.unlink(missing_ok=True)
@@ -250,7 +304,8 @@ def write_mp4(
             if h % 2 or wd % 2:
                 batch = np.pad(batch, ((0, 0), (0, h % 2), (0, wd % 2), (0, 0)), mode="edge")
             w.add(batch)
-            last = batch[-1:]
+            last = batch[-1:].copy()  # one frame, not a view that keeps the whole chunk alive
+            del batch
             if progress:
                 progress(w.frames, max(total, w.frames))
         if w.frames == 0:
@@ -290,8 +345,10 @@ def write_mp4(
     assert in_size is not None
     return WrittenInfo(
         str(final), n, float(fps), in_size[0] + in_size[0] % 2, in_size[1] + in_size[1] % 2, n / float(w.rate),
-        prepared is not None, prepared[1] if prepared else 0, a_dur, trimmed, padded, held, nonfinite,
-        bool(in_size[0] % 2 or in_size[1] % 2),
+        prepared is not None, prepared[1] if prepared else 0, a_dur, trimmed, padded, held,
+        fitted.nonfinite if fitted else 0, bool(in_size[0] % 2 or in_size[1] % 2),
+        fitted.channels_in if fitted else 0, int(prepared[0].shape[0]) if prepared else 0,
+        fitted.downmix if fitted else "", fitted.gain_db if fitted else 0.0,
     )
 
 

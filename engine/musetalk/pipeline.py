@@ -6,7 +6,9 @@ with the lower half blacked out, and the whole crop, concatenated to 8 channels)
 mask of each frame. ``speak`` then runs only the audio encoder, one UNet pass per frame at
 timestep 0 and the VAE decoder, and yields finished frames in order as soon as each batch is
 done, which is what a real-time stream consumes. A video shorter than the audio is played
-forwards then backwards (ping-pong). Frames without a face are passed through unchanged.
+forwards then backwards (ping-pong). Frames without a face are passed through unchanged (and
+reported: :func:`missing_faces_report`); footage without a face in any frame is a
+:class:`NoFaceError` before any network runs.
 
 Latents use the VAE posterior's mean (the reference's training code uses the mode, which equals
 the mean; its inference script draws a sample, which only adds noise).
@@ -65,6 +67,32 @@ def crop_box(box: Sequence[float], frame_hw: tuple[int, int], extra_margin: int 
     if x0 < 0 or y0 < 0 or x1 - x0 <= 1 or y1 - y0 <= 1:
         return None
     return x0, y0, x1, y1
+
+
+class NoFaceError(ValueError):
+    """No frame of the face video (or avatar) has a usable face: lip sync would return it unchanged."""
+
+
+def faces_present(boxes: Sequence[Sequence[float] | None] | np.ndarray, frame_hw: tuple[int, int],
+                  extra_margin: int = EXTRA_MARGIN) -> np.ndarray:
+    """bool per frame: its box gives a usable crop (the frames :func:`prepare_avatar` redraws)."""
+    return np.array([b is not None and crop_box(b, frame_hw, extra_margin) is not None for b in boxes], bool)
+
+
+def require_a_face(present: np.ndarray, where: str) -> None:
+    """:class:`NoFaceError` naming ``where`` when no frame has a face; called before any network runs."""
+    if len(present) and not np.asarray(present).any():
+        raise NoFaceError(f"no face found in any of the {len(present)} frames of the {where}: MuseTalk would return "
+                          "them unchanged. Give it footage with a visible, roughly frontal face.")
+
+
+def missing_faces_report(present: np.ndarray, shown: int = 20) -> str:
+    """``'no face in 2 of 6 frames (2, 3): passed through unchanged'``, or ``''`` when every frame has one."""
+    missing = np.flatnonzero(~np.asarray(present, bool))
+    if not len(missing):
+        return ""
+    listed = ", ".join(str(int(i)) for i in missing[:shown]) + (", ..." if len(missing) > shown else "")
+    return f"no face in {len(missing)} of {len(present)} frames ({listed}): passed through unchanged"
 
 
 def crop_face(frame: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
@@ -155,10 +183,19 @@ class AvatarCache:
         for name in ("avatar.safetensors", "avatar.json"):
             if not (path / name).is_file():
                 raise FileNotFoundError(f"{path}: not a MuseTalk avatar folder ({name} missing)")
-        meta = json.loads((path / "avatar.json").read_text())
-        if meta.get("format") != FORMAT_VERSION:
-            raise ValueError(f"{path}: avatar format {meta.get('format')} not supported (expected {FORMAT_VERSION})")
-        t = load_file(str(path / "avatar.safetensors"))
+        redo = "prepare and save the avatar again (MuseTalk Prepare Avatar with a save_name)"
+        try:
+            meta = json.loads((path / "avatar.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{path / 'avatar.json'}: cannot read the saved avatar ({exc}); {redo}") from None
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
+            fmt = meta.get("format") if isinstance(meta, dict) else None
+            raise ValueError(f"{path}: avatar format {fmt} not supported (expected {FORMAT_VERSION})")
+        try:
+            t = load_file(str(path / "avatar.safetensors"))
+        except Exception as exc:  # safetensors' errors name no file
+            raise ValueError(f"{path / 'avatar.safetensors'}: cannot read the saved avatar "
+                             f"({type(exc).__name__}: {exc}); {redo}") from None
         shapes = t["mask_shapes"].numpy()
         flat = t["masks_flat"].numpy()
         offsets = np.concatenate([[0], np.cumsum(shapes.prod(axis=1))])
@@ -172,11 +209,13 @@ class AvatarCache:
 def prepare_avatar(models: MuseTalkModels, frames: np.ndarray, boxes: Sequence[Sequence[float] | None] | np.ndarray,
                    blend_mode: str = "jaw", extra_margin: int = EXTRA_MARGIN, batch_size: int = 8,
                    cheek_width: tuple[int, int] = (90, 90), blur_ratio: float = BLUR_RATIO,
-                   progress: Progress | None = None, check_interrupt: Interrupt | None = None) -> AvatarCache:
+                   progress: Progress | None = None, check_interrupt: Interrupt | None = None,
+                   where: str = "face video") -> AvatarCache:
     """Crops, latents and blend masks of uint8 RGB ``frames [N,H,W,3]``.
 
     ``boxes[i]`` is frame i's MuseTalk face box (x0,y0,x1,y1, e.g. from
-    ``engine.face.schemes.musetalk_box``), or None / NaNs when it has no face.
+    ``engine.face.schemes.musetalk_box``), or None / NaNs when it has no face. No face in any
+    frame is a :class:`NoFaceError` naming ``where``, before any network runs.
     """
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
@@ -191,6 +230,7 @@ def prepare_avatar(models: MuseTalkModels, frames: np.ndarray, boxes: Sequence[S
     hw = frames.shape[1:3]
     cboxes = [None if b is None else crop_box(b, hw, extra_margin) for b in boxes]
     present = np.array([b is not None for b in cboxes])
+    require_a_face(present, where)
     box_arr = np.array([b if b is not None else (0, 0, 0, 0) for b in cboxes], np.int32)
     latents = torch.zeros(n, 8, CROP // 8, CROP // 8)
     regions = np.zeros((n, 4), np.int32)
@@ -224,6 +264,7 @@ def speak(models: MuseTalkModels, cache: AvatarCache, waveform: np.ndarray | tor
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    require_a_face(cache.present, "avatar")
     samples = audio_mod.to_mono_16k(waveform, sample_rate)
     windows = audio_mod.AudioWindows(samples, models.whisper, fps)
     return _speak(models, cache, windows, batch_size, progress, check_interrupt, start_frame)
@@ -277,6 +318,7 @@ def speak_stream(get_models: Callable[[], MuseTalkModels], cache: AvatarCache, s
     """
     from ..media.stream import FrameStream
 
+    require_a_face(cache.present, "avatar")
     n_out = audio_mod.frame_count(np.asarray(samples_16k).size, fps)
     h, w = cache.frames.shape[1:3]
 
@@ -292,14 +334,16 @@ def speak_stream(get_models: Callable[[], MuseTalkModels], cache: AvatarCache, s
 def lip_sync(models: MuseTalkModels, frames: np.ndarray, boxes: Sequence[Sequence[float] | None] | np.ndarray,
              waveform: np.ndarray | torch.Tensor, sample_rate: int, fps: float = 25.0, batch_size: int = 8,
              blend_mode: str = "jaw", extra_margin: int = EXTRA_MARGIN,
-             progress: Progress | None = None, check_interrupt: Interrupt | None = None) -> Iterator[np.ndarray]:
+             progress: Progress | None = None, check_interrupt: Interrupt | None = None,
+             where: str = "face video") -> Iterator[np.ndarray]:
     """Offline lip sync of a face video: ``prepare_avatar`` then ``speak`` (progress covers both)."""
+    require_a_face(faces_present(boxes, np.asarray(frames).shape[1:3], extra_margin), where)  # before the encoder runs
     samples = audio_mod.to_mono_16k(waveform, sample_rate)
     windows = audio_mod.AudioWindows(samples, models.whisper, fps)  # fails early on too-short audio
     n_prep = len(frames)
     total = n_prep + len(windows)
     prep_progress = (lambda d, t: progress(d, total)) if progress else None
     cache = prepare_avatar(models, frames, boxes, blend_mode, extra_margin, batch_size,
-                           progress=prep_progress, check_interrupt=check_interrupt)
+                           progress=prep_progress, check_interrupt=check_interrupt, where=where)
     speak_progress = (lambda d, t: progress(n_prep + d, total)) if progress else None
     return _speak(models, cache, windows, batch_size, speak_progress, check_interrupt)

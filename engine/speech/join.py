@@ -93,9 +93,10 @@ def _span_times(piece_text: str, x0: int, x1: int, t0: float, t1: float, chars: 
 
 
 def assemble(plan: Plan, audios: Sequence[PieceAudio], *, pauses: dict | None = None,
-             trim: dict | None = None) -> SpeechResult:
+             trim: dict | None = None, trim_outer: bool = True) -> SpeechResult:
     """Join ``audios`` (one per ``plan.pieces``) with pauses; sentence timings and character times
-    are put on the clock of the joined samples."""
+    are put on the clock of the joined samples. ``trim_outer`` False keeps the lead-in of the first
+    piece and the tail of the last as the voice made them (only the joins are trimmed)."""
     if len(audios) != len(plan.pieces):
         raise ValueError(f"{len(plan.pieces)} pieces but {len(audios)} audio parts")
     if not audios:
@@ -119,6 +120,9 @@ def assemble(plan: Plan, audios: Sequence[PieceAudio], *, pauses: dict | None = 
         n = len(audio.samples)
         a, b = (trim_bounds(audio.samples, sr, trim["threshold_dbfs"], trim["keep_s"])
                 if trim.get("enabled", True) else (0, n))
+        if not trim_outer:
+            a = 0 if i == 0 else a
+            b = n if i == len(audios) - 1 else b
         seg = audio.samples[a:b]
         offset = pos / sr - a / sr  # local time t -> t + offset on the joined clock
         lo, hi = pos / sr, (pos + len(seg)) / sr

@@ -4,8 +4,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from comfy_client import ComfyClient
-from comfy_server import ComfyServer
+from comfyui_digitalhuman.client.api import ComfyClient
+from comfyui_digitalhuman.client.launch import ComfyServer
 
 
 def run_prompt(comfy: ComfyServer, prompt: dict, events: list | None = None):

@@ -48,3 +48,21 @@ def test_portrait_check_verdicts(comfy, testdata, name, passed, reason):
     text = " ".join(result.outputs["2"]["text"])
     assert reason.lower() in text.lower(), text
     assert text.startswith("PASS") == passed, text
+
+
+def test_portrait_check_counts_a_second_face_only_the_full_range_model_sees(comfy, testdata, tmp_path):
+    """Two portraits side by side (s0 | s6): the default detector pass sees one face, the check two."""
+    import cv2
+
+    s0 = np.asarray(Image.open(testdata / "s0.jpg").convert("RGB"))
+    s6 = np.asarray(Image.open(testdata / "s6.jpg").convert("RGB"))
+    s6 = cv2.resize(s6, (round(s6.shape[1] * s0.shape[0] / s6.shape[0]), s0.shape[0]), interpolation=cv2.INTER_AREA)
+    path = tmp_path / "two_portraits.png"
+    Image.fromarray(np.concatenate([s0, s6], axis=1)).save(path)
+    upload(comfy, path)
+    prompt = {**load(path.name), "2": {"class_type": "DH_PortraitCheck", "inputs": {"images": ["1", 0], "crop_size": 256}}}
+    try:
+        text = " ".join(run_prompt(comfy, prompt).outputs["2"]["text"])
+    finally:
+        (comfy.input_dir / path.name).unlink()  # the input folder's file list is part of other tests' node schemas
+    assert text.startswith("FAIL") and "2 faces found" in text, text

@@ -89,3 +89,41 @@ def test_corrupt_video_fails_with_its_name(comfy, testdata, tmp_path):
         run_prompt(comfy, prompt)
     assert "broken_clip.mp4" in str(err.value)
     assert not list(comfy.output_dir.rglob("never*.mp4"))
+
+
+def test_surround_audio_does_not_kill_the_server(comfy, tmp_path):
+    """A 7.1 WAV into Load Audio and an MP4 with a 7.1 AAC track into Load Video used to segfault
+    the server (PyAV's planar conversion at 8+ channels). Now both load with every channel, Save
+    Video downmixes to stereo and says so under the node, and the server keeps serving."""
+    import json
+    import urllib.request
+
+    from audio_cases import Case, tones, write_case, write_video
+
+    wav = write_case(Case(8, 48000, "s16"), tmp_path)  # 0.2 s of 7.1
+    write_video(tmp_path / "film71.mp4", "aac", tones(8, 48000, 1.0), 48000, "7.1")  # 10 frames, 1 s
+    assert upload(comfy, wav) == wav.name and upload(comfy, tmp_path / "film71.mp4") == "film71.mp4"
+    load = {"video": "film71.mp4", "force_fps": 0.0, "skip_first_frames": 0, "frame_load_cap": 0,
+            "select_every_nth": 1, "decode_images": True}
+    save = {"fps": ["1", 2], "audio_fit": "pad_or_trim", "crf": 23, "preset": "ultrafast", "images": ["1", 0]}
+    prompt = {
+        "1": {"class_type": "DH_LoadVideo", "inputs": load},
+        "2": {"class_type": "DH_LoadAudio", "inputs": {"audio": wav.name, "sample_rate": 0, "mono": False}},
+        "3": {"class_type": "DH_SaveVideo", "inputs": dict(save, filename_prefix="surround_track", audio=["1", 1])},
+        "4": {"class_type": "DH_SaveVideo", "inputs": dict(save, filename_prefix="surround_wav", audio=["2", 0])},
+    }
+    result = run_prompt(comfy, prompt)
+    downmix = "audio: 8 channels taken as 7.1, downmixed to stereo (ITU-R BS.775)"
+    assert result.outputs["3"]["text"] == [downmix]
+    # the WAV's eight tones (0.3 to 0.51 each) add up past full scale on each side: scaled down, not clipped
+    assert result.outputs["4"]["text"] == [
+        "the audio was 0.80 s shorter than the 1.00 s of video: 0.80 s of silence were added at the end",
+        f"{downmix}, scaled by -1.9 dB so it does not clip"]
+    for prefix in ("surround_track", "surround_wav"):
+        (item,) = [f for f in result.files if f["filename"].startswith(prefix)]
+        out = comfy.output_dir / item.get("subfolder", "") / item["filename"]
+        with av.open(str(out)) as c:
+            assert c.streams.audio[0].codec_context.channels == 2
+        assert media_facts(out)["frames"] == 10
+    with urllib.request.urlopen(f"{comfy.url}/system_stats", timeout=30) as r:  # still alive
+        assert json.loads(r.read())["system"]

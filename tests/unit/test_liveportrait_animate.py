@@ -351,3 +351,111 @@ def test_real_face_engine_drives_the_crops(nets, portrait, testdata: Path) -> No
     assert box[0] - 40 < xs.mean() < box[2] + 40 and box[1] - 40 < ys.mean() < box[3] + 80  # mask sits on the face
     outside = mask == 0
     assert np.array_equal(frames[:, outside], np.broadcast_to(portrait[outside], frames[:, outside].shape))
+
+
+# -- Cancel inside a chunk ---------------------------------------------------------------------------
+HEAVY = ("appearance", "motion", "warping", "generator")  # the stitching MLP (0.2 ms a call) is no stop point
+
+
+class Cancelled(Exception):
+    pass
+
+
+class CallLog:
+    """Records every heavy network call (forward pre-hooks on the real modules) and every Cancel check;
+    the check raises :class:`Cancelled` once it has been called ``allow`` times."""
+
+    def __init__(self, nets: LivePortraitNets, allow: int | None = None) -> None:
+        self.events: list[str] = []
+        self.allow = allow
+        self._hooks = [getattr(nets, name).register_forward_pre_hook(lambda m, a, name=name: self.events.append(name))
+                       for name in HEAVY]
+
+    def check(self) -> None:
+        self.events.append("check")
+        if self.allow is not None and self.events.count("check") > self.allow:
+            raise Cancelled("cancel")
+
+    def close(self) -> None:
+        for h in self._hooks:
+            h.remove()
+
+    def runs_between_checks(self) -> list[list[str]]:
+        """The network calls made between consecutive checks (and before the first one)."""
+        out, cur = [], []
+        for e in self.events:
+            if e == "check":
+                out.append(cur)
+                cur = []
+            else:
+                cur.append(e)
+        return out + [cur]
+
+
+@pytest.fixture(scope="module")
+def driving8(testdata: Path) -> np.ndarray:
+    return read_frames(testdata / "d20.mp4", 8)
+
+
+def test_cancel_is_checked_before_every_network_call(nets, portrait, driving8) -> None:
+    """With the default chunk of 8 frames, every F/M/W/G call is preceded by a Cancel check since the
+    previous one (not only one check per chunk: on a CPU a chunk of W+G calls takes a minute)."""
+    calls = CallLog(nets)
+    try:
+        anim = A.animate(nets, portrait, driving8, StandInFace(), AnimateOptions(), check_interrupt=calls.check)
+        list(anim)
+    finally:
+        calls.close()
+    assert AnimateOptions().chunk_size == 8
+    runs = calls.runs_between_checks()
+    assert max(len(r) for r in runs) <= 1, [r for r in runs if len(r) > 1]
+    assert calls.events.count("generator") >= 1 and calls.events.count("warping") == calls.events.count("generator")
+
+
+def test_cancel_inside_a_chunk_stops_within_one_network_call(nets, portrait, driving) -> None:
+    """A check that raises after N calls, for every N from the chunk's start to its last network
+    call: the run stops, at most one network call ran since the last check that passed, none after."""
+    full = CallLog(nets)
+    try:
+        list(A.animate(nets, portrait, driving, StandInFace(), AnimateOptions(), check_interrupt=full.check))
+    finally:
+        full.close()
+    ev = full.events
+    chunk_motion = ev.index("motion", ev.index("appearance"))  # the frame pass's first M call (after the source's)
+    start = ev[:chunk_motion].count("check")
+    n_checks = ev.count("check")
+    assert ev.count("warping") == len(driving) and n_checks == start + 2 * len(driving)  # one W and one G per frame
+    for allow in range(start - 2, n_checks):  # raise at the chunk's own check, before M, and before every W and G
+        calls = CallLog(nets, allow=allow)
+        try:
+            with pytest.raises(Cancelled):
+                list(A.animate(nets, portrait, driving, StandInFace(), AnimateOptions(), check_interrupt=calls.check))
+        finally:
+            calls.close()
+        runs = calls.runs_between_checks()
+        assert runs[-1] == [], f"allow={allow}: network calls after the raising check: {runs[-1]}"
+        assert len(runs[-2]) <= 1, f"allow={allow}: {runs[-2]} ran between the last two checks"
+
+
+def test_cancel_while_streaming_to_mp4_keeps_the_frames_written(nets, portrait, driving8, tmp_path) -> None:
+    """Cancel in the middle of a chunk of a streamed animation: the MP4 writer keeps the chunk it had."""
+    import av
+
+    from comfyui_digitalhuman.engine.media.video_write import partial_path_for, write_mp4
+
+    anim = A.animate(nets, portrait, driving8[:4], StandInFace(), AnimateOptions(chunk_size=2))
+    h, w = anim.source.image.shape[:2]
+    # a stream read checks once per chunk, then before M, W, G, W, G: the 9th check is chunk 2's first W
+    calls = CallLog(nets, allow=8)
+    stream = A.animation_stream(anim, 25.0, w, h, anim.n, check_interrupt=calls.check)
+    target = tmp_path / "cancelled.mp4"
+    try:
+        with pytest.raises(Cancelled):
+            write_mp4(target, stream, 25.0, preset="ultrafast")
+    finally:
+        calls.close()
+    assert calls.events.count("generator") == 2 and calls.events.count("motion") == 2  # stopped inside chunk 2
+    assert not target.exists()
+    with av.open(str(partial_path_for(target))) as c:
+        n = sum(1 for _ in c.decode(video=0))
+    assert n == 2, f"the first chunk of 2 frames should be kept, found {n}"

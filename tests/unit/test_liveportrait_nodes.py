@@ -129,8 +129,8 @@ def test_animate_node_streams_lazily_with_progress_and_interrupt(nets, portrait,
     monkeypatch.setattr(M, "_face_ops", lambda *a, **k: StandInFace())
     rendered: list[int] = []
     real_render = A.render
-    monkeypatch.setattr(A, "render", lambda nets_, src, x_d, face: rendered.append(len(x_d)) or
-                        real_render(nets_, src, x_d, face))
+    monkeypatch.setattr(A, "render", lambda nets_, src, x_d, face, **kw: rendered.append(len(x_d)) or
+                        real_render(nets_, src, x_d, face, **kw))
     drv = FrameStream.from_video(testdata / "d20.mp4", frame_cap=5)
     node, model, img = M.LivePortraitAnimate(), FakeModel(nets), torch.from_numpy(portrait[None]).float() / 255
     opts = {**_defaults(), "chunk_size": 2}

@@ -122,3 +122,47 @@ def test_clean_audio() -> None:
     y = clean_audio(x)
     assert y.dtype == np.float32
     np.testing.assert_array_equal(y, np.array([[0, 0, 0, 1, -1, 0.25]], dtype=np.float32))
+
+
+def _adts(path: Path, wave: np.ndarray, sr: int, layout: str) -> bytes:
+    """Raw AAC (ADTS) of ``wave`` [C, T]: every frame header carries its channel configuration."""
+    with av.open(str(path), "w", format="adts") as c:
+        s = c.add_stream("aac", rate=sr)
+        s.layout = layout
+        s.bit_rate = 96000 * wave.shape[0]
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(wave.T).reshape(1, -1), format="flt", layout=layout)
+        frame.sample_rate, frame.pts = sr, 0
+        for pkt in s.encode(frame):
+            c.mux(pkt)
+        for pkt in s.encode(None):
+            c.mux(pkt)
+    return path.read_bytes()
+
+
+def _tone_power(x: np.ndarray, sr: int, hz: float) -> float:
+    spec = np.abs(np.fft.rfft(x * np.hanning(len(x))))
+    k = int(round(hz * len(x) / sr))
+    return float(spec[k - 2:k + 3].max() / (spec.max() + 1e-12))
+
+
+def test_layout_change_midstream_is_converted_to_the_first_layout(tmp_path: Path) -> None:
+    """Broadcast AAC may switch from stereo to 5.1 mid-stream; the rest is rematrixed to stereo
+    (FFmpeg's ITU matrix: L = FL + 0.707 FC + 0.707 BL, LFE left out), not an error."""
+    sr, n = 48000, 48000
+    t = np.arange(n) / sr
+    st = np.stack([0.3 * np.sin(2 * np.pi * 300 * t), 0.3 * np.sin(2 * np.pi * 500 * t)]).astype(np.float32)
+    hz51 = [700, 900, 1100, 1300, 1500, 1700]  # FL FR FC LFE BL BR
+    s51 = np.stack([0.2 * np.sin(2 * np.pi * f * t) for f in hz51]).astype(np.float32)
+    data = _adts(tmp_path / "a.aac", st, sr, "stereo") + _adts(tmp_path / "b.aac", s51, sr, "5.1")
+    mixed = tmp_path / "switch.aac"
+    mixed.write_bytes(data)
+    wave, got_sr = load_audio(mixed)
+    assert got_sr == sr and wave.shape[0] == 2
+    assert abs(wave.shape[1] - 2 * n) <= 3 * 1024  # both parts (AAC adds up to ~2 frames of padding each)
+    head, tail = wave[:, 4096:n - 4096], wave[:, n + 8192:2 * n - 4096]
+    assert _tone_power(head[0], sr, 300) > 0.5 and _tone_power(head[1], sr, 500) > 0.5
+    for hz in (700, 1100, 1500):  # FL, FC, BL reach the left side
+        assert _tone_power(tail[0], sr, hz) > 0.3, hz
+    for hz in (900, 1700):  # FR, BR do not
+        assert _tone_power(tail[0], sr, hz) < 0.05, hz
+    assert _tone_power(tail[0], sr, 1300) < 0.05 and _tone_power(tail[1], sr, 1300) < 0.05  # LFE left out

@@ -13,6 +13,7 @@ from comfyui_digitalhuman.engine.media import video_io
 from comfyui_digitalhuman.engine.media.errors import MediaError
 from comfyui_digitalhuman.engine.media.stream import FrameStream
 from comfyui_digitalhuman.nodes.common import resolve_inside
+from media_frames import VFR_MS, write_timed
 
 
 @pytest.fixture(scope="module")
@@ -226,3 +227,61 @@ def test_header_count_a_little_high_is_tolerated(d20: Path, d20_frames: np.ndarr
     else:
         with pytest.raises(MediaError, match=r"d20\.mp4.*ended after 175 of 200 frames"):
             src.read_all()
+
+
+# -- variable frame rate ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("ext", ["mp4", "mkv"])
+def test_variable_frame_rate_is_read_by_timestamps(tmp_path: Path, ext: str) -> None:
+    path = tmp_path / f"vfr.{ext}"
+    write_timed(path, VFR_MS)
+    src = video_io.VideoSource(path)
+    span = (VFR_MS[-1] + 40) / 1000  # 1.4 s: the last frame lasts the median interval
+    assert src.timing.variable and src.timing.count == 25
+    assert (src.timing.min_interval, src.timing.max_interval) == pytest.approx((0.040, 0.120))
+    assert src.fps == pytest.approx(25 / span)  # the average rate (Matroska's header says 25)
+    assert src.frame_count == math.ceil(span * src.fps - 1e-9) == 25
+    assert src.time_range() == pytest.approx((0.0, span))  # the sound under the frames: all 1.4 s
+    got = src.read_all()[:, 0, 0, 0].astype(int)
+    # output frame i at i / fps shows the latest source frame starting at or before it
+    want = [max(k for k, t in enumerate(VFR_MS) if t / 1000 <= i / src.fps + 1e-9) for i in range(25)]
+    assert len(set(want)) < 25  # some frames repeat (in the slow stretch) and some are dropped
+    np.testing.assert_allclose(got, 8 * np.array(want), atol=3)  # H.264 at crf 10 on flat gray
+    assert src.notes == [
+        f"variable frame rate (frame intervals 40.0 to 120.0 ms): loaded as a constant {25 / span:.3f} fps (the "
+        "average over 1.40 s), each frame shown at its own time, so frames are repeated or dropped and the picture "
+        "stays in sync with the sound; set force_fps for another rate"]
+    forced = video_io.VideoSource(path, force_fps=10)
+    assert forced.fps == 10 and forced.frame_count == 14
+    assert forced.notes == ["variable frame rate (frame intervals 40.0 to 120.0 ms): resampled by timestamps to the "
+                            "force_fps of 10 fps"]
+
+
+def test_rounded_timestamps_of_a_constant_rate_are_not_vfr(tmp_path: Path, d20: Path, d20_frames: np.ndarray) -> None:
+    path = tmp_path / "ntsc.mkv"
+    write_timed(path, [round(k * 1001 / 30) for k in range(30)])  # 29.97 fps in milliseconds: 33 or 34 ms
+    src = video_io.VideoSource(path)
+    assert not src.timing.variable and src.notes == [] and src.frame_count == 30
+    np.testing.assert_allclose(src.read_all()[:, 0, 0, 0].astype(int), 8 * np.arange(30), atol=3)  # frame by frame
+    real = video_io.VideoSource(d20)
+    assert not real.timing.variable and real.notes == [] and real.timing.median_interval == pytest.approx(0.04)
+
+
+def test_read_into_float_is_frames_over_255(d20: Path, d20_frames: np.ndarray) -> None:
+    """Frames decoded straight into a float32 IMAGE-like array equal uint8 / 255 in float32
+    (one correctly rounded division either way, so exactly equal)."""
+    src = video_io.VideoSource(d20, skip_first=3, frame_cap=10)
+    out = np.full((10, 480, 480, 3), np.nan, np.float32)
+    calls: list[tuple[int, int]] = []
+    assert src.read_into(out, progress=lambda d, t: calls.append((d, t))) == 10
+    np.testing.assert_array_equal(out, d20_frames[3:13].astype(np.float32) / np.float32(255.0))
+    assert calls == [(8, 10), (10, 10)]
+    with pytest.raises(ValueError, match=r"out must be \[10, 480, 480, 3\]"):
+        src.read_into(np.empty((9, 480, 480, 3), np.float32))
+
+
+def test_chunks_are_separate_arrays(d20: Path, d20_frames: np.ndarray) -> None:
+    """A consumer may keep a chunk while the next is decoded (each is filled into a new array)."""
+    chunks = list(video_io.VideoSource(d20, frame_cap=20).iter_chunks(8))
+    assert [len(c) for c in chunks] == [8, 8, 4]
+    np.testing.assert_array_equal(np.concatenate(chunks), d20_frames[:20])

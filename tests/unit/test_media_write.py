@@ -153,8 +153,11 @@ def test_nan_and_inf_audio_become_silence(clip: np.ndarray, tmp_path: Path) -> N
 def test_audio_odd_rates_and_channels(clip: np.ndarray, tmp_path: Path) -> None:
     info = write_mp4(tmp_path / "r.mp4", clip[:5], 5, audio=(tone(1.0, 37000, 3), 37000), preset="ultrafast")
     assert info.audio_sample_rate == 48000
+    # 3 channels are taken as 3.0 (FL FR FC) and downmixed to stereo (tests/unit/test_media_multichannel.py
+    # checks the matrix)
+    assert (info.audio_channels_in, info.audio_channels) == (3, 2) and "3.0" in info.audio_downmix
     p = video_io.probe(tmp_path / "r.mp4")
-    assert p.audio_sample_rate == 48000 and p.audio_channels == 1
+    assert p.audio_sample_rate == 48000 and p.audio_channels == 2
 
 
 def test_error_midway_keeps_partial_and_says_so(clip: np.ndarray, tmp_path: Path) -> None:

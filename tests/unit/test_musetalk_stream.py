@@ -25,11 +25,11 @@ def _u8(image: torch.Tensor) -> np.ndarray:
 def test_stream_output_equals_images_and_reports_progress_while_consumed(musetalk_env, images, audio):
     lipsync, _, env = musetalk_env
     (handle,) = lipsync.DH_LoadMuseTalk().load("fp32")
-    full, _, _, eager = lipsync.DH_MuseTalkLipSync().run(handle, audio, 25.0, 4, 0, "jaw", images=images)
+    full, _, _, eager, _ = lipsync.DH_MuseTalkLipSync().run(handle, audio, 25.0, 4, 0, "jaw", images=images)
     np.testing.assert_array_equal(_consume(eager), _u8(full))  # output_images on: the stream replays IMAGE
 
     env.progress.clear()
-    first, aud, fps, stream = lipsync.DH_MuseTalkLipSync().run(handle, audio, 25.0, 4, 0, "jaw", output_images=False,
+    first, aud, fps, stream, _ = lipsync.DH_MuseTalkLipSync().run(handle, audio, 25.0, 4, 0, "jaw", output_images=False,
                                                                images=images)
     assert isinstance(stream, FrameStream) and aud is audio and fps == 25.0
     assert (stream.frame_count, stream.width, stream.height, stream.fps) == (5, 176, 304, 25.0)
@@ -42,8 +42,8 @@ def test_stream_output_equals_images_and_reports_progress_while_consumed(musetal
     assert env.progress and env.progress[-1] == (5, 5)  # speak's progress, reported inside the consumer's loop
     np.testing.assert_array_equal(_consume(stream, 3), got)  # re-iterable: a second consumer gets the same
 
-    (avatar,) = lipsync.DH_MuseTalkPrepareAvatar().prepare(handle, 0, "jaw", "", images=images)
-    one, _, _, spoken = lipsync.DH_MuseTalkSpeak().speak(handle, avatar, audio, 25.0, 4, output_images=False)
+    avatar, _ = lipsync.DH_MuseTalkPrepareAvatar().prepare(handle, 0, "jaw", "", images=images)
+    one, _, _, spoken, _ = lipsync.DH_MuseTalkSpeak().speak(handle, avatar, audio, 25.0, 4, output_images=False)
     assert one.shape == (1, 304, 176, 3)
     np.testing.assert_array_equal(_consume(spoken), _u8(full))
 
@@ -59,7 +59,7 @@ def test_cancel_inside_the_consumer_stops_the_stream(musetalk_env, images, audio
     import comfy.model_management as mm
 
     (handle,) = lipsync.DH_LoadMuseTalk().load("fp32")
-    _, _, _, stream = lipsync.DH_MuseTalkLipSync().run(handle, audio, 25.0, 1, 0, "jaw", output_images=False,
+    _, _, _, stream, _ = lipsync.DH_MuseTalkLipSync().run(handle, audio, 25.0, 1, 0, "jaw", output_images=False,
                                                        images=images)
     chunks = stream.iter_chunks(1)
     assert next(chunks).shape == (1, 304, 176, 3)
@@ -87,7 +87,7 @@ def test_long_audio_stream_keeps_memory_bounded(musetalk_env, images, testdata):
 
     tracemalloc.start()
     try:
-        first, _, _, stream = lipsync.DH_MuseTalkLipSync().run(handle, speech, 25.0, 8, 0, "jaw",
+        first, _, _, stream, _ = lipsync.DH_MuseTalkLipSync().run(handle, speech, 25.0, 8, 0, "jaw",
                                                                output_images=False, images=images)
         assert first.shape[0] == 1 and stream.frame_count == n_expected
         _, node_peak = tracemalloc.get_traced_memory()

@@ -48,3 +48,18 @@ def test_missing_dependency_disables_only_its_nodes_with_one_log_line():
     assert int(out["NODES"]) == full - 3  # Load Video, Save Video, Load Audio
     lines = [l for l in out["log"].splitlines() if "disabled" in l]
     assert len(lines) == 2 and all("av" in l for l in lines)
+
+
+def test_pyproject_dependencies_are_requirements_txt():
+    """The Comfy Registry reads pyproject.toml, ComfyUI-Manager runs requirements.txt: one list."""
+    import re
+
+    import pytest
+
+    tomllib = pytest.importorskip("tomllib", reason="reading pyproject.toml needs Python 3.11's tomllib")
+    root = Path(__file__).resolve().parents[2]
+    req = [line.strip() for line in (root / "requirements.txt").read_text().splitlines()
+           if line.strip() and not line.lstrip().startswith("#")]
+    deps = tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
+    norm = lambda xs: sorted(re.sub(r"\s+", "", x).lower() for x in xs)  # noqa: E731
+    assert norm(deps) == norm(req)

@@ -1,5 +1,7 @@
 // DigitalHuman media widgets: an upload button (and drag & drop) for DH_LoadVideo / DH_LoadAudio,
-// and a <video>/<audio> preview in DH_LoadVideo, DH_LoadAudio and DH_SaveVideo.
+// a <video>/<audio> preview in DH_LoadVideo, DH_LoadAudio and DH_SaveVideo, and the notes those
+// nodes return in ui.text (what was changed about the media: a retimed video, audio cut or padded,
+// a downmix, a variable frame rate made constant) shown under the node.
 // Uses only the classic extension API (app.registerExtension, addWidget, addDOMWidget), which both
 // the 2024 frontend and today's frontend provide. Files go to ComfyUI's input folder through
 // POST /upload/image, the endpoint core's image upload uses (it stores any file type).
@@ -50,6 +52,43 @@ function mediaPreview(node, kind) {
     });
     node._dhPreview = { kind, el, widget };
     return el;
+}
+
+// The notes of the last run, one line each, under the node's widgets; hidden when a run has none.
+function showNotes(node, lines) {
+    lines = Array.isArray(lines) ? lines.filter((l) => typeof l === "string" && l) : [];
+    if (!node._dhNotes && !lines.length) return;
+    if (!node._dhNotes) {
+        const el = document.createElement("div");
+        Object.assign(el.style, {
+            color: "#e8b04a", fontSize: "11px", lineHeight: "15px", whiteSpace: "pre-wrap",
+            wordBreak: "break-word", padding: "2px 6px", boxSizing: "border-box", overflow: "hidden",
+        });
+        // Height from the text: lines wrap at the node's width (about 6.2 px per character at 11 px).
+        const height = () => {
+            if (!node._dhNotes?.lines.length) return 0;
+            const perLine = Math.max(20, Math.floor((node.size[0] - 24) / 6.2));
+            const rows = node._dhNotes.lines.reduce((n, l) => n + Math.ceil((l.length + 2) / perLine), 0);
+            return rows * 15 + 6;
+        };
+        const widget = node.addDOMWidget("dh_notes", "notes", el, {
+            serialize: false,
+            hideOnZoom: false,
+            getValue() { return undefined; },
+            setValue() {},
+            getMinHeight: height,
+            getHeight: height,
+        });
+        widget.serializeValue = () => undefined;
+        node._dhNotes = { el, widget, lines: [] };
+    }
+    const notes = node._dhNotes;
+    notes.lines = lines;
+    notes.el.textContent = lines.map((l) => `\u26a0 ${l}`).join("\n");  // text, never HTML
+    notes.el.style.display = lines.length ? "block" : "none";
+    const need = node.computeSize()[1];
+    if (node.size[1] < need) node.setSize([node.size[0], need]);
+    app.graph.setDirtyCanvas(true, true);
 }
 
 function showFile(node, kind, ref) {
@@ -120,6 +159,14 @@ app.registerExtension({
                 return r;
             };
         }
+        if (nodeData.name === "DH_LoadVideo") {
+            const executed = nodeType.prototype.onExecuted;
+            nodeType.prototype.onExecuted = function (message) {
+                const r = executed?.apply(this, arguments);
+                showNotes(this, message?.text);
+                return r;
+            };
+        }
         if (nodeData.name === "DH_SaveVideo") {
             const executed = nodeType.prototype.onExecuted;
             nodeType.prototype.onExecuted = function (message) {
@@ -133,6 +180,7 @@ app.registerExtension({
                 }
                 const r = executed?.apply(this, arguments);
                 if (video) showFile(this, "video", video);
+                showNotes(this, message?.text);
                 return r;
             };
         }
