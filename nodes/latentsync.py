@@ -20,7 +20,7 @@ from ..engine.latentsync import pipeline as LP
 from ..engine.media.stream import FrameStream
 from ..model_loaders.comfy_wrap import PRECISIONS
 from .common import CAT_LIPSYNC, VIDEO_STREAM, Progress, check_interrupt, comfy_to_audio, uint8_to_image
-from .lipsync import _frames_of, _require_frames
+from .lipsync import _face_analyzer, _frames_of, _input_name, _require_frames
 
 log = logging.getLogger("DigitalHuman")
 MODEL_TYPE = "DH_LATENTSYNC"
@@ -54,11 +54,12 @@ class _Rows:
         return np.asarray(self.frames[int(self.rows[s])])
 
 
-def clip_alignment(frames, clip_index: np.ndarray, resolution: int, missing: str) -> LP.FaceAlignment:
+def clip_alignment(frames, clip_index: np.ndarray, resolution: int, missing: str,
+                   where: str = "face video") -> LP.FaceAlignment:
     """Track and align the face on the clip rows the 25 fps timeline shows (each once, in order)."""
     rows = np.unique(clip_index)
-    sub = LP.track_alignment(_Rows(frames, rows), resolution, missing=missing, progress=Progress(len(rows)),
-                             check_interrupt=check_interrupt)
+    sub = LP.track_alignment(_Rows(frames, rows), resolution, analyzer=_face_analyzer(), missing=missing,
+                             progress=Progress(len(rows)), check_interrupt=check_interrupt, where=where)
     n = len(frames)
     full = LP.FaceAlignment(np.zeros((n, 2, 3), np.float32), np.zeros(n, bool), np.zeros(n, bool), [])
     full.matrices[rows], full.usable[rows], full.held[rows] = sub.matrices, sub.usable, sub.held
@@ -187,9 +188,8 @@ class DH_LatentSyncLipSync:
         n_out = n25 if output_fps == "25" else frame_count(samples.size, out_fps)
         frames = _frames_of(images, video)
         clip_index = LP.resample_indices(len(frames), src_fps, model_fps)
-        models = latentsync.models()
-        align = clip_alignment(frames, clip_index, models.resolution, missing_face)
-        report = _report(n_out, out_fps, len(frames), src_fps, align, clip_index, missing_face, models)
+        # faces first: no face anywhere fails before the networks are placed on the device
+        align = clip_alignment(frames, clip_index, LC.resolution(latentsync.version), missing_face, _input_name(video))
         h, w = frames.shape[1:3]
 
         def generate(progress) -> "iter":
@@ -203,10 +203,12 @@ class DH_LatentSyncLipSync:
             for i, f in enumerate(generate(Progress(n25))):
                 out[i] = torch.from_numpy(f).float().div_(255.0)
             stream = FrameStream.from_images(out, out_fps)
+            report = _report(n_out, out_fps, len(frames), src_fps, align, clip_index, missing_face, latentsync.models())
         else:
             first = next(iter(generate(None)))
             out = uint8_to_image(first[None])
             stream = _lazy_stream(generate, n_out, n25, w, h, out_fps)
+            report = _report(n_out, out_fps, len(frames), src_fps, align, clip_index, missing_face, latentsync.models())
             report += "; streamed (IMAGE holds the first frame)"
         return {"ui": {"text": [report]}, "result": (out, audio, out_fps, stream, report)}
 

@@ -65,6 +65,19 @@ def latentsync_files() -> dict[str, bytes]:
     }
 
 
+def serve_latentsync(hub, storage, overrides_dir: Path) -> None:
+    """LatentSync's small files: the networks on the fake hub, the mask PNG on the fake web host at the
+    catalogue URL's path; the override entries describe them."""
+    files = latentsync_files()
+    mask = files.pop("latentsync.mask")
+    publish(hub, files, overrides_dir)
+    url = get_model("latentsync.mask").urls[0]
+    storage.add_url(url, mask)
+    raw = next(e for e in json.loads((CATALOG_DIR / "latentsync.json").read_text()) if e["id"] == "latentsync.mask")
+    raw.update(urls=[storage.rebase(url)], size=len(mask), sha256=hashlib.sha256(mask).hexdigest())
+    write_overrides(overrides_dir, "latentsync", [raw])
+
+
 def liveportrait_files() -> dict[str, bytes]:
     """Full-size LivePortrait networks (no smaller layout is published) with seeded random weights."""
     from comfyui_digitalhuman.model_loaders.liveportrait import CATALOG_IDS, synthetic_weights

@@ -46,6 +46,10 @@ Interrupt = Callable[[], None]
 MISSING_MODES = ("pass", "hold")
 
 
+class NoFaceError(ValueError):
+    """No frame of the face video has a face (raised before any network runs)."""
+
+
 @dataclass
 class LatentSyncModels:
     """The networks and the mouth mask of one LatentSync version (see model_loaders.latentsync)."""
@@ -165,7 +169,7 @@ def align_track(track, resolution: int) -> FaceAlignment:
 
 def track_alignment(frames: np.ndarray | Sequence[np.ndarray], resolution: int, analyzer=None, missing: str = "pass",
                     smoothing: float = 0.5, chunk: int = 16, progress: Progress | None = None,
-                    check_interrupt: Interrupt | None = None) -> FaceAlignment:
+                    check_interrupt: Interrupt | None = None, where: str = "face video") -> FaceAlignment:
     """Detect and track one face (the largest, then the one overlapping it) through ``frames`` and align it."""
     from ..face.analyzer import FaceAnalyzer
     from ..face.tracking import track_faces
@@ -178,8 +182,8 @@ def track_alignment(frames: np.ndarray | Sequence[np.ndarray], resolution: int, 
     track = track_faces(chunks, analyzer, smoothing=smoothing, missing=missing, progress=progress,
                         check_interrupt=check_interrupt, total=n)
     if not track.present.any():
-        raise ValueError(f"no face found in any of the {n} frames of the face video; LatentSync needs a visible face "
-                         "(frontal or slightly turned, at least 20 px)")
+        raise NoFaceError(f"no face found in any of the {n} frames of the {where}; LatentSync needs a visible face "
+                          "(frontal or slightly turned, at least 20 px)")
     return align_track(track, resolution)
 
 

@@ -55,6 +55,39 @@ def test_node_definitions():
     assert latentsync.DH_LoadLatentSync.INPUT_TYPES()["required"]["version"][0] == ["1.6", "1.5"]
 
 
+def test_load_latentsync_fetches_every_file_and_places_the_networks(comfy_env, monkeypatch, images, testdata):
+    """Load LatentSync on the real download code: the networks from a fake hub, the mouth mask from a fake
+    web host at the catalogue URL's path, all into ComfyUI's models folder; then a short lip sync."""
+    from fakehub import FakeHub, serve_model
+    from fakestorage import FakeStorage, serve_url_model
+    from tiny_models import latentsync_files, musetalk_files
+
+    from comfyui_digitalhuman.model_loaders import latentsync as ml
+    from comfyui_digitalhuman.model_loaders.catalog import get_model
+    from comfyui_digitalhuman.model_loaders.download import find_local
+    from comfyui_digitalhuman.nodes import latentsync
+
+    files = {**latentsync_files(), **{k: v for k, v in musetalk_files().items() if k.startswith("vae.")}}
+    monkeypatch.delenv("DH_MODELS_DIR", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with FakeHub() as hub, FakeStorage() as store:
+        monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
+        for mid, data in files.items():
+            if mid == "latentsync.mask":
+                serve_url_model(store, mid, data, monkeypatch)
+            else:
+                serve_model(hub, mid, data, monkeypatch)
+        (handle,) = latentsync.DH_LoadLatentSync().load("1.5", "fp32")
+        for mid in ml.catalog_ids("1.5").values():
+            assert str(find_local(get_model(mid))).startswith(str(comfy_env.dirs["models"])), mid
+        assert store.count("GET", "mask.png") == 1
+    models = handle.models()
+    assert models.version == "1.5" and models.resolution == 256 and models.dtype == torch.float32
+    assert any(lm.model is handle.patcher for lm in comfy_env.modules.mm.current_loaded_models)
+    out = _run(latentsync, handle, _audio(testdata, 0.2), images=images[:3])["result"][0]
+    assert out.shape == (5, 240, 240, 3) and torch.isfinite(out).all()
+
+
 def test_lip_sync_images_at_another_frame_rate(latentsync_node, images, testdata):
     """10 frames given as 12.5 fps (0.8 s) under 1.2 s of 48 kHz stereo speech: 30 frames at 25 fps; the clip
     is shown at 25 fps (each frame twice), then played backwards; the audio passes through."""
@@ -99,7 +132,7 @@ def test_frames_without_a_face_pass_and_are_reported(latentsync_node, images, te
     assert torch.equal((out[4] * 255).round(), (imgs[4] * 255).round())
     every = imgs.clone()
     every[:] = torch.from_numpy(blank).float() / 255.0
-    with pytest.raises(ValueError, match="no face found in any of the 10 frames"):
+    with pytest.raises(ValueError, match="no face found in any of the 10 frames of the 'images' input"):
         _run(node, handle, _audio(testdata, 0.4), images=every)
 
 
