@@ -14,6 +14,8 @@ is built with ``dtype=torch.float32`` here.
 
 Checks (each prints the largest absolute difference, ours vs the reference):
 
+* ``mask``: the checkout's ``latentsync/utils/mask.png`` has the catalogue entry's sha256, and our
+  reading of it equals the reference's ``load_fixed_mask`` at 512 and 256 px;
 * ``unet``: one denoising step (13-channel input, 16 frames, guidance batch of 2, audio tokens);
   ``--full-unet`` adds the published size (1.27 B parameters, one shared set of weights, a tiny
   latent);
@@ -62,7 +64,7 @@ from comfyui_digitalhuman.engine.latentsync.ddim import DDIM  # noqa: E402
 from comfyui_digitalhuman.engine.latentsync.unet import FeatureReuse  # noqa: E402
 
 TESTDATA = Path(os.environ.get("DH_SHARED", Path(__file__).resolve().parents[2] / "shared")) / "testdata"
-CHECKS = ("unet", "deepcache", "audio", "align", "e2e")
+CHECKS = ("mask", "unet", "deepcache", "audio", "align", "e2e")
 
 
 def _stand_in(name: str, **attrs: Any) -> None:
@@ -348,7 +350,7 @@ class _PointsDetector:
 
 def run_reference_pipeline(ref_dir: Path, frames: np.ndarray, points: list[np.ndarray], samples: np.ndarray,
                            state: dict, vae, whisper_ckpt: Path, mask_path: Path, resolution: int, seed: int,
-                           steps: int, guidance: float, unet=None) -> np.ndarray:
+                           steps: int, guidance: float, unet=None, num_frames: int = 16) -> np.ndarray:
     """``LipsyncPipeline.__call__`` with its file I/O and face detector replaced; returns its frames."""
     from latentsync.pipelines import lipsync_pipeline as LP
     from latentsync.utils import image_processor as IP
@@ -374,14 +376,15 @@ def run_reference_pipeline(ref_dir: Path, frames: np.ndarray, points: list[np.nd
     LP.subprocess = types.SimpleNamespace(run=lambda *a, **k: None)
     ref_audio.load_audio = lambda _path, sr=16000: samples
     with contextlib.redirect_stdout(sys.stderr):
-        encoder = ref_a2f.Audio2Feature(model_path=str(whisper_ckpt), device="cpu", num_frames=16, audio_feat_length=[2, 2])
+        encoder = ref_a2f.Audio2Feature(model_path=str(whisper_ckpt), device="cpu", num_frames=num_frames,
+                                        audio_feat_length=[2, 2])
         unet = unet if unet is not None else reference_unet(C.unet_config(tiny=True), state)
         pipe = LP.LipsyncPipeline(vae=vae, audio_encoder=encoder, unet=unet, scheduler=reference_scheduler(ref_dir))
         pipe.set_progress_bar_config(disable=True)
         torch.manual_seed(seed)
         with tempfile.TemporaryDirectory() as tmp:
             pipe(video_path="video.mp4", audio_path="speech.wav", video_out_path=str(Path(tmp) / "out.mp4"),
-                 num_frames=16, num_inference_steps=steps, guidance_scale=guidance, weight_dtype=torch.float32,
+                 num_frames=num_frames, num_inference_steps=steps, guidance_scale=guidance, weight_dtype=torch.float32,
                  width=resolution, height=resolution, mask_image_path=str(mask_path), temp_dir=str(Path(tmp) / "t"))
     return captured["frames"]
 
@@ -428,6 +431,25 @@ def check_e2e(ref_dir: Path, work: Path, frames: np.ndarray, points: list[np.nda
     out[f"e2e{tag}_ref_count"] = np.array([len(ref)])
 
 
+def check_mask(mask_path: Path) -> None:
+    """The catalogue's mask entry is the reference's file (sha256), and our reading equals its load_fixed_mask."""
+    import hashlib
+
+    from latentsync.utils.image_processor import load_fixed_mask
+
+    from comfyui_digitalhuman.engine.latentsync.mask import read_mask
+    from comfyui_digitalhuman.model_loaders.catalog import get_model
+
+    entry = get_model("latentsync.mask")
+    digest = hashlib.sha256(mask_path.read_bytes()).hexdigest()
+    print(f"mask: {mask_path} sha256 {'equals' if digest == entry.sha256 else 'DIFFERS FROM'} the catalogue's "
+          f"({mask_path.stat().st_size} bytes, catalogue {entry.size})")
+    for res in (512, 256):
+        ours = read_mask(mask_path, res)
+        ref = load_fixed_mask(res, str(mask_path)).permute(1, 2, 0).numpy()
+        print(f"mask at {res}: max |ours - reference load_fixed_mask| = {maxdiff(ours, ref):.3g}")
+
+
 def _pe_for(name: str, model_on_meta) -> torch.Tensor:
     """The sinusoid table a PositionalEncoding of that buffer's width holds."""
     from comfyui_digitalhuman.engine.latentsync.blocks import PositionalEncoding
@@ -453,6 +475,8 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"unknown checks {unknown}; choose from {CHECKS}")
     out: dict[str, np.ndarray] = {}
+    if "mask" in checks:
+        check_mask(args.mask or args.reference / "latentsync" / "utils" / "mask.png")
     if "unet" in checks:
         check_unet(args.full_unet, out)
     if "deepcache" in checks:
