@@ -183,9 +183,11 @@ class DH_LatentSyncLipSync:
         wave, sr = comfy_to_audio(audio, "LatentSync audio")
         samples = to_mono_16k(wave, sr)
         model_fps = float(LC.section("data")["video_fps"])
-        n25 = frame_count(samples.size, model_fps)  # too-short audio fails before any video is read
+        # lengths from the audio as given (not the resampled copy, whose length is rounded up): floor(seconds x fps);
+        # too-short audio fails before any video is read
+        n25 = frame_count(wave.shape[-1], model_fps, sample_rate=sr)
         out_fps = model_fps if output_fps == "25" else src_fps
-        n_out = n25 if output_fps == "25" else frame_count(samples.size, out_fps)
+        n_out = n25 if output_fps == "25" else frame_count(wave.shape[-1], out_fps, sample_rate=sr)
         frames = _frames_of(images, video)
         clip_index = LP.resample_indices(len(frames), src_fps, model_fps)
         # faces first: no face anywhere fails before the networks are placed on the device

@@ -153,3 +153,40 @@ def test_cancel_stops_the_lip_sync(latentsync_node, images, testdata):
 
     with pytest.raises(mm.InterruptProcessingException):
         _run(node, handle, _audio(testdata, 0.4), images=images)
+
+
+def test_audio_at_44k_stereo_counts_frames_from_the_audio_as_given(latentsync_node, images, testdata):
+    """yongen.wav resampled to 44.1 kHz stereo, 1764 x 20 - 1 samples: just under 0.8 s, so floor(seconds x 25)
+    is 19. Resampled to 16 kHz the copy is 12800 samples long (librosa rounds the length up), which alone would
+    give 20 frames; the count must come from the audio as given. The audio passes through untouched."""
+    import librosa
+
+    wav, sr = sf.read(str(testdata / "yongen.wav"), dtype="float32", always_2d=True, frames=48000)
+    st = np.stack([librosa.resample(wav[:, c], orig_sr=sr, target_sr=44100) for c in range(2)])[:, : 1764 * 20 - 1]
+    assert st.shape == (2, 35279) and not np.allclose(st[0], st[1])  # a real stereo pair
+    assert librosa.resample(st.mean(0), orig_sr=44100, target_sr=16000).size == 12800
+    audio = {"waveform": torch.from_numpy(st.copy())[None], "sample_rate": 44100}
+    node, handle, env = latentsync_node
+    out, aud, fps, stream, report = _run(node, handle, audio, images=images)["result"]
+    assert out.shape[0] == 19 == int(35279 / 44100 * 25) and len(stream) == 19 and fps == 25.0
+    assert aud is audio and torch.isfinite(out).all()
+    out30 = _run(node, handle, audio, images=images, input_fps=30.0, output_fps="input", output_images=False)["result"]
+    assert len(out30[3]) == int(35279 / 44100 * 30) == 23
+
+
+def test_ten_frames_under_a_minute_of_speech_stream_1500_frames(latentsync_node, images, testdata):
+    """A 10-frame video under 60 s of speech (eng.wav): 1500 frames in the stream, nothing cut; the stream is
+    lazy, so reading its first two windows runs only those; they show the clip forwards then backwards."""
+    wav, sr = sf.read(str(testdata / "eng.wav"), dtype="float32", always_2d=True)
+    audio = {"waveform": torch.from_numpy(wav.T.copy())[None], "sample_rate": sr}
+    node, handle, env = latentsync_node
+    out, _, fps, stream, report = _run(node, handle, audio, images=images, output_images=False)["result"]
+    assert sr == 16000 and wav.shape[0] == 960000
+    assert len(stream) == 1500 and fps == 25.0 and "1500 frames at 25 fps" in report
+    src = (images * 255).round().to(torch.uint8).numpy()
+    chunks = stream.iter_chunks(16)
+    got = np.concatenate([next(chunks), next(chunks)])
+    chunks.close()
+    order = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 8]
+    for i, j in enumerate(order):
+        assert np.array_equal(got[i, :8], src[j, :8]), i  # top rows lie outside every face footprint
