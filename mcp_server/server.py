@@ -41,6 +41,7 @@ from ..client.batch import BatchOptions, run_batch_file
 from ..client.costs import estimate
 from ..client.jobs import execute
 from ..client.launch import ComfyServer, server_alive
+from ..client.live import LiveClient, LiveError
 from ..client.progress import PromptProgress
 from ..client.workflows import (FilePolicy, PreparedPrompt, UsageError, describe, find_node, load_workflow, prepare,
                                 settable_inputs, shipped_workflows, split_override)
@@ -167,7 +168,7 @@ class DigitalHumanMCP:
             return self.answer(result, images)
         except ToolFailure as exc:
             return self.error(str(exc))
-        except UsageError as exc:
+        except (UsageError, LiveError) as exc:
             return self.error(str(exc))
         except ServerUnavailable as exc:
             return self.error(str(exc))
@@ -365,6 +366,53 @@ class DigitalHumanMCP:
         return {"manifest": str(out / "manifest.json"), "all_done": summary.all_done, "counts": summary.counts,
                 "jobs": summary.rows(), "servers": summary.servers, "table": summary.table()}, []
 
+    # -- live sessions (a session outlives its prompt: started by a workflow, then driven over the routes) --
+
+    def live(self) -> LiveClient:
+        return LiveClient(self.url)
+
+    async def tool_live_start(self, args: dict, progress):
+        spec = self.table["live"]["start"]
+        job, where = recipes.tool_job(spec, args, policy=self.policy)
+        outcome = await self.run(job, self.call_dir("live_start"), progress, where)
+        node = str(spec["session_node"])
+        entry = ((outcome.outputs.get(node) or {}).get("dh_live") or [None])[0]
+        if not entry:
+            raise ToolFailure(f"the workflow's Live Session node ({node}) reported no session")
+        found = await self.live().find(entry["id"])
+        return {"session": entry["id"], "name": entry.get("name"), "page": self.live().page(found),
+                "created": bool(entry.get("created")), "modes": found.get("modes", []), "state": found.get("state"),
+                "report": "\n".join(ui_texts(outcome.outputs, node)), "seconds": round(outcome.seconds, 2),
+                "prompt_id": outcome.prompt_id}, []
+
+    async def tool_live_say(self, args: dict, progress):
+        live = self.live()
+        found = await live.find(args["session"])
+        mode = args.get("mode", "repeat")
+        if mode not in found.get("modes", [mode]):
+            raise ToolFailure(f"session '{found.get('name') or found['id']}' cannot {mode}: its modes are "
+                              f"{', '.join(found.get('modes', [])) or 'none'}"
+                              + (" (start it with a chat model: live_start's chat_base_url)" if mode == "chat" else ""))
+        after = await live.last_event(found["id"])
+        turn = await live.say(found["id"], args["text"], mode)
+        result: dict[str, Any] = {"session": found["id"], "turn": turn, "mode": mode}
+        if not args.get("wait", True):
+            return result, []
+        await progress(0.0, None, f"turn {turn} queued in session '{found.get('name')}'")
+        wait_s = float(args.get("wait_s", self.table["live"].get("say_wait_s", 120)))
+        got = await live.wait_turn(found["id"], turn, after, wait_s, remote=found.get("kind") not in (None, "self-hosted"))
+        if not got["finished"]:
+            got["note"] = f"still speaking after {wait_s:g} s (the session goes on)"
+        if got.get("error") and not got.get("said"):
+            raise ToolFailure(f"session '{found.get('name')}' could not say it: {got['error']}")
+        return {**result, **{k: v for k, v in got.items() if k != "turn"}}, []
+
+    async def tool_live_stop(self, args: dict, progress):
+        live = self.live()
+        found = await live.find(args["session"])
+        final = await live.close(found["id"])
+        return {"session": found["id"], "name": found.get("name"), **final}, []
+
     async def table_tool(self, name: str, spec: dict, args: dict, progress):
         job, where = recipes.tool_job(spec, args, policy=self.policy)
         outcome = await self.run(job, self.call_dir(name), progress, where)
@@ -490,8 +538,9 @@ def build_server(app: DigitalHumanMCP) -> Server:
 
     return Server("comfyui-digitalhuman", version="0.1.0", title="ComfyUI-DigitalHuman",
                   instructions=("Digital humans on the user's own ComfyUI: design_avatar makes a portrait, make_video "
-                                "makes it speak a script (or a speech file) as an MP4; list_voices, list_workflows, "
-                                "run_workflow and run_batch cover the rest. Paths are local files."),
+                                "makes it speak a script (or a speech file) as an MP4; live_start, live_say and "
+                                "live_stop run a live digital human on a web page; list_voices, clone_voice, "
+                                "list_workflows, run_workflow and run_batch cover the rest. Paths are local files."),
                   lifespan=lifespan, on_list_tools=on_list_tools, on_call_tool=on_call_tool)
 
 

@@ -138,15 +138,57 @@ def build_tools(table: dict, object_info: dict | None) -> list[ToolDef]:
         }, ["batch"])))
 
     for name, spec in recipes.workflow_tools(table, object_info).items():
-        props, required = {}, []
-        for arg, a in spec.get("arguments", {}).items():
-            s = {"type": "string" if a.get("type") == "file" else a.get("type", "string"),
-                 "description": a.get("description", "") + (" (a local file path)" if a.get("type") == "file" else "")}
-            for k in ("enum", "default", "minimum", "maximum", "maxLength"):
-                if k in a:
-                    s[k] = a[k]
-            props[arg] = s
-            if a.get("required"):
-                required.append(arg)
-        tools.append(ToolDef(name, spec.get("title", name), spec["description"], _obj(props, required)))
+        tools.append(ToolDef(name, spec.get("title", name), spec["description"], _arguments(spec, object_info)))
+    tools += _live_tools(table, object_info)
     return tools
+
+
+def _arguments(spec: dict, object_info: dict | None) -> dict:
+    """The schema of a table row's ``arguments`` (choices read from the server where the row says so)."""
+    props, required = {}, []
+    for arg, a in spec.get("arguments", {}).items():
+        s = {"type": "string" if a.get("type") == "file" else a.get("type", "string"),
+             "description": a.get("description", "") + (" (a local file path)" if a.get("type") == "file" else "")}
+        for k in ("enum", "default", "minimum", "maximum", "maxLength"):
+            if k in a:
+                s[k] = a[k]
+        if a.get("choices_of"):
+            choices = recipes.node_choices(object_info, *a["choices_of"].split(".", 1))
+            if choices:
+                s["enum"] = [str(c) for c in choices]
+        props[arg] = s
+        if a.get("required"):
+            required.append(arg)
+    return _obj(props, required)
+
+
+def _live_tools(table: dict, object_info: dict | None) -> list[ToolDef]:
+    """live_start / live_say / live_stop, when the target ComfyUI has the nodes (never guessed without one)."""
+    live = table.get("live")
+    if not live or object_info is None or not recipes.installed(live, object_info):
+        return []
+    out: list[ToolDef] = []
+    start = live["start"]
+    if recipes.installed(start, object_info):
+        out.append(ToolDef("live_start", "Start a live digital human", start["description"],
+                           _arguments(start, object_info), long_running=True))
+    session = {"type": "string", "minLength": 1, "maxLength": 200,
+               "description": "The session's name (as given to live_start) or id (as live_start returned it)."}
+    out.append(ToolDef("live_say", "Make a live digital human speak", (
+        "Make an open live session speak: 'repeat' says the text as it is; 'chat' sends it to the session's chat "
+        "model and speaks the answer as it streams in. A new message interrupts the one being said. With wait "
+        "(default) the call returns once the avatar has said it, with what it said and the latencies (send to "
+        "first audio, to first speaking frame); without, at once with the turn number. Works on every session the "
+        "live panel shows, the pack's own and providers' streaming avatars."),
+        _obj({"session": session,
+              "text": {"type": "string", "minLength": 1, "maxLength": 20000, "description": "What to say, or the user's message in chat mode."},
+              "mode": {"type": "string", "enum": ["repeat", "chat"], "default": "repeat", "description": "repeat or chat."},
+              "wait": {"type": "boolean", "default": True, "description": "Wait until the avatar has said it."},
+              "wait_s": {"type": "number", "minimum": 1, "maximum": 600, "default": live.get("say_wait_s", 120),
+                         "description": "At most this many seconds of waiting."}},
+             ["session", "text"]), long_running=True))
+    out.append(ToolDef("live_stop", "Stop a live digital human", (
+        "Close an open live session (a provider's session stops billing). Returns the reason, the final cost for "
+        "providers' sessions and, when the session recorded, the MP4's path on the machine ComfyUI runs on."),
+        _obj({"session": session}, ["session"]), long_running=False))
+    return out

@@ -227,7 +227,7 @@ class DH_CosyVoiceSpeak:
             "text": ("STRING", {"multiline": True, "default": "", "tooltip": "The script, any length, Chinese and/or English: numbers, dates, currency and units are read out as a speaker would. Line breaks are paragraph breaks (a longer pause). Tags such as [laughter] or <strong>word</strong> work; text with <|...|> markup is not normalised."}),
             "mode": (list(MODES), {"default": "zero_shot", "tooltip": "zero_shot: continue the clip's voice and manner (needs its transcript). cross_lingual: the clip's voice in another language than the clip's. instruct: the clip's voice with the style instruction below."}),
             "speed": ("FLOAT", {"default": 1.0, "min": 0.5, "max": 2.0, "step": 0.05, "tooltip": "Speaking rate (the reference stretches the mel; 1.0 keeps the model's own pace)."}),
-            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF, "control_after_generate": False, "tooltip": "The same seed gives the same speech; change it for another take."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF, "control_after_generate": True, "tooltip": "The same seed gives the same speech; change it for another take (fixed keeps it)."}),
         }, "optional": {
             "instruct": ("STRING", {"multiline": True, "default": "", "tooltip": "instruct mode: how to speak, e.g. 'Speak happily, a little faster.' or '用四川话说这句话'."}),
             "normalize_text": ("BOOLEAN", {"default": True, "tooltip": "Spell out numbers, dates and units with wetext before speaking (the reference's text front end)."}),

@@ -202,13 +202,16 @@ def _detail_error(detail: Any) -> Any:
 
 
 def error_message(resp: requests.Response) -> tuple[str, str | None, str | None]:
-    """(message, type, code) from an error response: OpenAI's ``{"error": {...}}`` or similar bodies."""
+    """(message, type, code) from an error response: OpenAI's ``{"error": {...}}``, ``{"code", "message"}``
+    envelopes (HeyGen, LiveAvatar), FastAPI's ``{"detail": ...}`` or D-ID's ``{"kind", "description"}``."""
     try:
         body = resp.json()
     except ValueError:
         text = (resp.text or "").strip()
         return (text[:500] or resp.reason or "no message"), None, None
     err = body.get("error", body) if isinstance(body, dict) else body
+    if isinstance(err, dict) and not err.get("message") and "kind" in err and "description" in err:
+        return str(err["description"]), str(err["kind"]), None  # D-ID: {"kind": "...Error", "description": "..."}
     if isinstance(err, dict) and not err.get("message") and "detail" in err:
         err = _detail_error(err["detail"])  # FastAPI-style APIs (ElevenLabs)
     if isinstance(err, dict):

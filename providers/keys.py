@@ -116,3 +116,31 @@ def resolve_api_key(api_key: str | None, env_var: str, user_dir: str | os.PathLi
     if api_key:
         return clean_key(api_key, "the api_key argument")
     return get_api_key(env_var, user_dir, service=service)
+
+
+def is_local_url(url: str) -> bool:
+    """True when ``url`` points at this machine or a private network (a self-hosted Ollama, vLLM or
+    llama.cpp server), where an API key is usually not needed."""
+    import ipaddress
+    from urllib.parse import urlparse
+
+    host = (urlparse(url).hostname or "").strip("[]").lower()
+    if host in ("localhost", "") or host.endswith((".local", ".localhost", ".internal", ".lan")):
+        return bool(host)
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return ip.is_loopback or ip.is_private or ip.is_link_local
+
+
+def optional_api_key(env_var: str, base_url: str, user_dir: str | os.PathLike | None = None,
+                     service: str | None = None) -> str | None:
+    """The key as :func:`get_api_key` finds it; for a local or private ``base_url`` a missing key is
+    None (no Authorization header is sent) instead of an error."""
+    try:
+        return get_api_key(env_var, user_dir, service)
+    except MissingKeyError:
+        if is_local_url(base_url):
+            return None
+        raise

@@ -131,3 +131,53 @@ def elevenlabs_speech_cost(model: str, chars: int, credits: float | None = None,
     per_char = table["credits_per_char"].get(model, table["credits_per_char"]["default"])
     used = float(credits) if credits is not None else chars * float(per_char)
     return SpeechPrice(round(used * float(table["usd_per_credit"][plan]), 9), "credits", credits is None)
+
+
+# -- streaming avatars ------------------------------------------------------------------------------
+
+@dataclass
+class SessionPrice:
+    """USD of one streaming-avatar session so far, the rule applied and whether it is an estimate."""
+
+    usd: float
+    basis: str
+    estimated: bool
+    credits: float | None = None
+
+
+def streaming_avatar_cost(provider: str, *, seconds: float, mode: str = "", speech_seconds: float = 0.0,
+                          sandbox: bool = False, plan: str | None = None, prices: dict | None = None) -> SessionPrice:
+    """The cost of a session of ``provider`` ("liveavatar", "heygen", "did") that ran ``seconds``.
+
+    LiveAvatar: credits per minute of session time by ``mode`` (FULL/LITE), at least ``min_minutes``
+    (the escrowed minute) once started, x USD per credit of ``plan``; a sandbox session is free.
+    HeyGen: minutes / minutes per credit x USD per credit of ``plan``. D-ID: minutes of streamed
+    speech (``speech_seconds``) x USD per minute (an estimate).
+    """
+    table = (prices or load_prices())["streaming_avatars"]
+    if provider not in table or provider.startswith("_"):
+        raise ValueError(f"no streaming-avatar price for '{provider}'; known: "
+                         f"{', '.join(k for k in table if not k.startswith('_'))}")
+    row = table[provider]
+    seconds = max(0.0, float(seconds))
+    if provider == "liveavatar":
+        if sandbox:
+            return SessionPrice(0.0, "sandbox", False, 0.0)
+        per_min = row["credits_per_minute"].get(mode.upper())
+        if per_min is None:
+            raise ValueError(f"LiveAvatar mode '{mode}' has no price; known: {', '.join(row['credits_per_minute'])}")
+        minutes = max(float(row["min_minutes"]), seconds / 60.0) if seconds > 0 else 0.0
+        credits = minutes * float(per_min)
+        return SessionPrice(round(credits * _per_credit(row, plan, "LiveAvatar"), 6), "session minutes", False, round(credits, 4))
+    if provider == "heygen":
+        credits = seconds / 60.0 / float(row["minutes_per_credit"])
+        return SessionPrice(round(credits * _per_credit(row, plan, "HeyGen"), 6), "session minutes", False, round(credits, 4))
+    return SessionPrice(round(max(0.0, speech_seconds) / 60.0 * float(row["usd_per_minute"]), 6),
+                        "speech minutes", bool(row.get("estimated", True)))
+
+
+def _per_credit(row: dict, plan: str | None, name: str) -> float:
+    plan = plan or row["plan"]
+    if plan not in row["usd_per_credit"]:
+        raise ValueError(f"{name} plan '{plan}' is not in the price table; known: {', '.join(sorted(row['usd_per_credit']))}")
+    return float(row["usd_per_credit"][plan])

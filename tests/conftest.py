@@ -1,4 +1,5 @@
-"""Shared pytest set-up: the pack alias and the paths of the shared test media."""
+"""Shared pytest set-up: the pack alias, the paths of the shared test media, and the test-only
+switches that make this machine take the numeric paths of another CPU (docs/DEVELOPING.md)."""
 from __future__ import annotations
 
 import os
@@ -13,6 +14,25 @@ import _pack  # noqa: E402  (registers the ``comfyui_digitalhuman`` alias)
 
 SHARED = Path(os.environ.get("DH_SHARED", REPO.parent / "shared")).resolve()
 TESTDATA = SHARED / "testdata"
+
+# The test-only CPU-path switches (tests/cpu_switches.py): with DH_TEST_MKLDNN=0, torch runs without
+# oneDNN here and, through tests/cpu_paths on PYTHONPATH, in every Python process the tests start.
+from cpu_switches import SWITCHES, child_pythonpath, mkldnn_off  # noqa: E402
+
+if mkldnn_off():
+    os.environ["PYTHONPATH"] = child_pythonpath(*os.environ.get("PYTHONPATH", "").split(os.pathsep))
+    import torch
+
+    torch.backends.mkldnn.enabled = False
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Which numeric paths this run took, so a CI log (even with -q) says what was exercised."""
+    import torch
+
+    switches = ", ".join(f"{k}={os.environ[k]}" for k in SWITCHES if k in os.environ) or "none"
+    terminalreporter.write_line(f"cpu paths: ATen {torch.backends.cpu.get_cpu_capability()}, oneDNN "
+                                f"{'on' if torch.backends.mkldnn.enabled else 'off'}; switches: {switches}")
 
 
 @pytest.fixture(scope="session")

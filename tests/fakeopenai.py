@@ -20,7 +20,8 @@ per 20 ms of audio).
 Behaviour per request is scripted with ``server.script`` (consumed in order), entries:
 ``("status", code, headers_dict)`` e.g. ``("status", 429, {"Retry-After": "1"})``,
 ``("hang", seconds)``, or ``("stall", after_bytes, seconds)`` (an audio answer that stops after
-some bytes). Every request is captured in ``server.requests``.
+some bytes). Every request is captured in ``server.requests``. ``server.no_auth = True`` makes it
+a self-hosted compatible server that takes requests without a key.
 """
 from __future__ import annotations
 
@@ -105,6 +106,7 @@ class FakeOpenAI(ThreadingHTTPServer):
         self.chunk_bytes = 4001  # audio answers go out in chunks of this many bytes
         self.chunk_delay_s = 0.0
         self.chunks_sent = 0
+        self.no_auth = False  # True: a self-hosted OpenAI-compatible server that asks for no key
         self.thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     def handle_error(self, request, client_address) -> None:
@@ -173,7 +175,7 @@ class _Handler(fakespeech.AudioAnswers, BaseHTTPRequestHandler):
                 msg = "Rate limit reached for images" if st == 429 else "The server had an error while processing your request."
                 return self._send(st, {"error": {"message": msg, "type": "requests" if st == 429 else "server_error", "param": None, "code": None}}, hdrs)
         auth = self.headers.get("Authorization", "")
-        if auth != f"Bearer {self.server.api_key}":
+        if not self.server.no_auth and auth != f"Bearer {self.server.api_key}":
             given = auth.removeprefix("Bearer ")
             # The real API echoes (part of) the key it got: a client must redact it.
             return self._send(*_error(401, f"Incorrect API key provided: {given}. You can find your API key at https://platform.openai.com/account/api-keys.", "invalid_request_error", "invalid_api_key"))

@@ -11,13 +11,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+from cpu_switches import child_pythonpath
+
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
 
 
 def run_python(args: list[str | os.PathLike], timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
     """``python <args>`` with this interpreter, from the repository root, output captured."""
-    full_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(REPO / "scripts")]), **(env or {})}
+    full_env = {**os.environ, "PYTHONPATH": child_pythonpath(TESTS, REPO / "scripts"), **(env or {})}
     return subprocess.run([sys.executable, *map(str, args)], cwd=REPO, capture_output=True, text=True,
                           timeout=timeout, env=full_env)
 

@@ -270,26 +270,34 @@ def speak(models: MuseTalkModels, cache: AvatarCache, waveform: np.ndarray | tor
     return _speak(models, cache, windows, batch_size, progress, check_interrupt, start_frame)
 
 
+def render_frames(models: MuseTalkModels, cache: AvatarCache, ids: Sequence[int], audio_batch: torch.Tensor) -> list[np.ndarray]:
+    """Frames of avatar frames ``ids`` speaking ``audio_batch [n, 50, 384]``: one UNet + VAE pass over the
+    frames with a face, pasted back; frames without a face are copies of the avatar frame."""
+    with_face = [k for k, j in enumerate(ids) if cache.present[j]]
+    faces: dict[int, np.ndarray] = {}
+    if with_face:
+        lat = cache.latents[torch.tensor([ids[k] for k in with_face])]
+        pred = predict_latents(models.unet, lat, audio_batch[with_face])
+        faces = dict(zip(with_face, decode_faces(models.vae, pred)))
+    out = []
+    for k, j in enumerate(ids):
+        frame = cache.frames[j]
+        if k in faces:
+            x0, y0, x1, y1 = (int(v) for v in cache.boxes[j])
+            face = cv2.resize(faces[k], (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)
+            frame = paste(frame, face, (x0, y0, x1, y1), cache.masks[j], tuple(int(v) for v in cache.regions[j]))
+        else:
+            frame = frame.copy()
+        out.append(frame)
+    return out
+
+
 def _speak(models: MuseTalkModels, cache: AvatarCache, windows: audio_mod.AudioWindows, batch_size: int,
            progress: Progress | None, check_interrupt: Interrupt | None, offset: int = 0) -> Iterator[np.ndarray]:
     total, n = len(windows), len(cache)
     for start, audio_batch in windows.batches(batch_size, check_interrupt):
         ids = [pingpong_index(offset + i, n) for i in range(start, start + audio_batch.shape[0])]
-        with_face = [k for k, j in enumerate(ids) if cache.present[j]]
-        faces: dict[int, np.ndarray] = {}
-        if with_face:
-            lat = cache.latents[torch.tensor([ids[k] for k in with_face])]
-            pred = predict_latents(models.unet, lat, audio_batch[with_face])
-            faces = dict(zip(with_face, decode_faces(models.vae, pred)))
-        for k, j in enumerate(ids):
-            frame = cache.frames[j]
-            if k in faces:
-                x0, y0, x1, y1 = (int(v) for v in cache.boxes[j])
-                face = cv2.resize(faces[k], (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)
-                frame = paste(frame, face, (x0, y0, x1, y1), cache.masks[j], tuple(int(v) for v in cache.regions[j]))
-            else:
-                frame = frame.copy()
-            yield frame
+        yield from render_frames(models, cache, ids, audio_batch)
         if progress:
             progress(start + audio_batch.shape[0], total)
 

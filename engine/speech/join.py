@@ -144,3 +144,51 @@ def assemble(plan: Plan, audios: Sequence[PieceAudio], *, pauses: dict | None = 
     timings = [SentenceTiming(plan.sentences[si].text, round(float(v[0]), 6), round(float(v[1]), 6)) for si, v in sorted(spans.items())]
     chars = CharTimestamps.concat(char_parts) if char_parts else None
     return SpeechResult(samples, sr, timings, chars)
+
+
+class StreamTrimmer:
+    """:func:`trim_bounds` for audio that arrives in chunks: silence at the start is dropped down to
+    ``keep_s`` before the first loud sample, a run of silence is held back until a loud sample shows
+    it was inside the speech, and at :meth:`end` at most ``keep_s`` of the held tail is let out. The
+    output equals ``samples[a:b]`` of :func:`trim_bounds` on the whole (all-silent audio is kept whole)."""
+
+    def __init__(self, sample_rate: int, threshold_dbfs: float, keep_s: float):
+        self.level = 10.0 ** (float(threshold_dbfs) / 20.0)
+        self.keep = int(round(max(0.0, keep_s) * int(sample_rate)))
+        self.started = False
+        self.held: list[np.ndarray] = []  # quiet samples not yet let out (before speech: the lead-in)
+        self.held_n = 0
+
+    def _hold(self, x: np.ndarray) -> None:
+        if x.size:
+            self.held.append(x)
+            self.held_n += x.size
+
+    def _take_held(self, last: int | None = None) -> np.ndarray:
+        h = np.concatenate(self.held) if self.held else np.zeros(0, np.float32)
+        self.held, self.held_n = [], 0
+        return h if last is None else h[h.size - min(last, h.size):]
+
+    def feed(self, samples: np.ndarray) -> np.ndarray:
+        x = np.asarray(samples, dtype=np.float32).reshape(-1)
+        loud = np.flatnonzero(np.abs(x) >= self.level)
+        if loud.size == 0:
+            self._hold(x)
+            return np.zeros(0, np.float32)
+        first, last = int(loud[0]), int(loud[-1])
+        if not self.started:
+            lead = np.concatenate([self._take_held(), x[:first]])
+            head = lead[lead.size - min(self.keep, lead.size):]
+            self.started = True
+        else:
+            head = np.concatenate([self._take_held(), x[:first]])
+        out = np.concatenate([head, x[first:last + 1]])
+        self._hold(x[last + 1:])
+        return out
+
+    def end(self) -> np.ndarray:
+        """The rest: ``keep_s`` of the held tail, or everything when no sample was loud."""
+        if not self.started:
+            return self._take_held()
+        h = self._take_held()
+        return h[:min(self.keep, h.size)]

@@ -417,3 +417,12 @@ def cut_to_fit(text: str, budgets: Sequence[Budget], rules: dict | None = None) 
     if a >= b:
         return []
     return [meter.strip(s, e) for s, e, _ in _fit(meter, a, b, 0, r)]
+
+
+def cut_points(text: str, level: str, rules: dict | None = None) -> list[int]:
+    """Offsets inside ``text`` where it may be cut at ``level`` ("clause": after a clause mark and its
+    closers, not inside ``1,000``/``10:30``; "word": before a word; "char": between CJK characters), in
+    order, excluding 0. A mark at the very end is not a cut (what follows decides)."""
+    if level not in _LEVELS:
+        raise ValueError(f"cut level must be one of {_LEVELS}, got '{level}'")
+    return [s for s, _ in _atoms(text, 0, len(text), level, _Rules(rules))][1:]

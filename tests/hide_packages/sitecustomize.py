@@ -54,3 +54,22 @@ class _HidingPathFinder:
 
 if _MODULES or _DISTS:
     sys.meta_path[:] = [_HidingPathFinder if f is PathFinder else f for f in sys.meta_path]
+
+
+def _run_next_sitecustomize() -> None:
+    """Run the next ``sitecustomize`` on ``sys.path`` as well: Python imports only the first one, and
+    the tests may put more than one of these test-only folders on ``PYTHONPATH``."""
+    import importlib.util
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    dirs = [os.path.abspath(p or os.getcwd()) for p in sys.path]
+    start = dirs.index(here) + 1 if here in dirs else len(dirs)
+    for i, d in enumerate(dirs[start:], start):
+        path = os.path.join(d, "sitecustomize.py")
+        if os.path.isfile(path) and d != here:
+            spec = importlib.util.spec_from_file_location(f"_sitecustomize_{i}", path)
+            spec.loader.exec_module(importlib.util.module_from_spec(spec))
+            return
+
+
+_run_next_sitecustomize()

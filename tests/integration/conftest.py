@@ -37,16 +37,24 @@ def model_hub(tmp_path_factory, testdata):
 
 @pytest.fixture(scope="session")
 def fake_apis():
-    """Local fakes of the OpenAI and ElevenLabs APIs, which the test server's API nodes talk to."""
+    """Local fakes of the OpenAI, ElevenLabs, LiveAvatar, HeyGen and D-ID APIs, which the test server's API
+    nodes talk to (their URLs and keys are in the server's environment, as a user's keys would be)."""
     from types import SimpleNamespace
 
+    from fakedid import FakeDID
     from fakeelevenlabs import FakeElevenLabs
+    from fakeheygen import FakeHeyGen
+    from fakeliveavatar import FakeLiveAvatar
     from fakeopenai import FakeOpenAI
 
-    with FakeOpenAI() as openai, FakeElevenLabs() as elevenlabs:
-        yield SimpleNamespace(openai=openai, elevenlabs=elevenlabs, env={
+    with FakeOpenAI() as openai, FakeElevenLabs() as elevenlabs, FakeLiveAvatar() as liveavatar, FakeHeyGen() as heygen, \
+            FakeDID() as did:
+        yield SimpleNamespace(openai=openai, elevenlabs=elevenlabs, liveavatar=liveavatar, heygen=heygen, did=did, env={
             "OPENAI_BASE_URL": openai.url, "OPENAI_API_KEY": openai.api_key,
-            "ELEVENLABS_BASE_URL": elevenlabs.url, "ELEVENLABS_API_KEY": elevenlabs.api_key})
+            "ELEVENLABS_BASE_URL": elevenlabs.url, "ELEVENLABS_API_KEY": elevenlabs.api_key,
+            "LIVEAVATAR_BASE_URL": liveavatar.url, "LIVEAVATAR_API_KEY": liveavatar.api_key,
+            "HEYGEN_BASE_URL": heygen.url, "HEYGEN_API_KEY": heygen.api_key,
+            "DID_BASE_URL": did.url, "DID_API_KEY": did.api_key})
 
 
 @pytest.fixture(scope="session")

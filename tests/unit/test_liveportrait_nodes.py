@@ -19,6 +19,7 @@ from comfyui_digitalhuman.nodes.common import CAT_MOTION
 
 from comfyui_digitalhuman.engine.liveportrait.networks import small_config
 from media_frames import read_frames
+from rounding import assert_within, chain_bound
 from test_liveportrait_animate import StandInFace  # noqa: E402
 
 
@@ -317,7 +318,9 @@ def test_expression_sliders_move_only_their_coefficients(nets, portrait) -> None
     changed = {(k, c) for k, c in zip(*np.nonzero((smile - neutral)[0].abs().numpy() > 0))}
     assert changed == {(20, 1), (14, 1), (17, 1), (17, 2), (13, 1), (16, 1), (3, 1), (7, 1)}
     s = src.motion.info
-    torch.testing.assert_close((smile - neutral)[0, 14, 1], s.scale[0, 0] * -0.02, atol=1e-6, rtol=0)
+    # both compositions share kp @ R; + exp, x scale, + t and the pipeline's tail round apart (<= 8 times)
+    assert_within((smile - neutral)[0, 14, 1], s.scale[0, 0] * -0.02,
+                  chain_bound(smile[0, 14, 1].abs() + neutral[0, 14, 1].abs(), 8), "smile coefficient")
     # no slider, no pose change: the source keypoints plus the reference's tz term, i.e. the head stays still
     expected = src.motion.x_s.clone()
     expected[..., 2] += s.t[:, None, 2]

@@ -15,6 +15,7 @@ from comfyui_digitalhuman.engine.liveportrait.smoothing import kalman_smooth
 from comfyui_digitalhuman.model_loaders.liveportrait import synthetic_liveportrait
 
 from media_frames import read_frames
+from rounding import assert_within, chain_bound, keypoint_bound, network_atol
 from test_liveportrait_animate import StandInFace  # noqa: E402
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "liveportrait" / "kalman_reference.npz"
@@ -71,7 +72,10 @@ def test_static_clips_reproduce_the_source_keypoints(nets, clips) -> None:
     s = nets.keypoint_info(nets.to_input(np.repeat(source[:1], 3, 0)))
     d = nets.keypoint_info(nets.to_input(np.repeat(driving[:1], 3, 0)))
     exp_t, rot_t = V.target_motion(s, d, opts, driving_is_video=True)
-    torch.testing.assert_close(exp_t, s.exp, atol=1e-6, rtol=0)
+    # the rows of a batch of equal frames differ by the network's rounding, on some CPUs (the smoother
+    # averages them): s.exp + d.exp - d0.exp is within a network's rounding of s.exp twice over
+    bound = 2 * network_atol(d.exp) + chain_bound(s.exp.abs() + 2 * d.exp.abs(), 4)
+    assert_within(exp_t, s.exp, bound, "static expression target")
     x = V.compose_video(s, d, exp_t, rot_t, opts)
     torch.testing.assert_close(x, K.transform_keypoint(s), atol=1e-5, rtol=0)
 
@@ -86,4 +90,4 @@ def test_absolute_pose_region_takes_driving_rotation_and_translation(nets, clips
     t = d.t.clone()
     t[:, 2] = 0
     expected = s.scale[..., None] * (s.kp @ torch.from_numpy(kalman_smooth(d.rotation.numpy())) + s.exp) + t[:, None]
-    torch.testing.assert_close(x, expected, atol=1e-6, rtol=0)
+    assert_within(x, expected, keypoint_bound(s.scale, s.kp, s.exp, t), "absolute pose")

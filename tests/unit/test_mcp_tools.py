@@ -17,11 +17,12 @@ NODES = ["LoadImage", "SaveImage", "DH_LoadAudio", "DH_LoadMuseTalk", "DH_MuseTa
          "DH_OpenAIImage", "CheckpointLoaderSimple", "CLIPTextEncode", "EmptyLatentImage", "KSampler", "VAEDecode",
          "DH_OpenAISpeech", "DH_ElevenLabsSpeech", "DH_LoadCosyVoice", "DH_CosyVoiceLoadVoice", "DH_CosyVoiceSpeak",
          "DH_CosyVoiceClone"]
+LIVE = ["DH_MuseTalkPrepareAvatar", "DH_CosyVoiceLiveVoice", "DH_ChatModel", "DH_LiveSession"]
 
 
-def info(without: tuple[str, ...] = ()) -> dict:
+def info(without: tuple[str, ...] = (), live: bool = False) -> dict:
     """/object_info in ComfyUI's shape for the nodes the table names (inputs only where a test reads them)."""
-    out = {n: {"input": {"required": {}}} for n in NODES if n not in without}
+    out = {n: {"input": {"required": {}}} for n in NODES + (LIVE if live else []) if n not in without}
     if "DH_PortraitPrompt" in out:
         out["DH_PortraitPrompt"]["input"]["required"] = {"gender": [["unspecified", "man"], {}],
                                                          "age_range": [["unspecified"], {}], "preset": [["teacher"], {}]}
@@ -121,3 +122,35 @@ def test_a_script_in_a_cosyvoice_voice_splices_its_three_nodes(tmp_path):
     with pytest.raises(recipes.UsageError, match="not one of the cosyvoice voices"):
         recipes.video_job({"portrait": str(portrait), "script": "Hi.", "voice": "cosyvoice:Nobody"},
                           table=TABLE, object_info=ob, policy=FilePolicy(roots=[tmp_path.resolve()]))
+
+
+def test_live_tools_come_with_the_live_nodes_and_take_the_servers_voices():
+    assert not {"live_start", "live_say", "live_stop"} & set(tools(info()))  # no Live Session node: not offered
+    live = info(live=True)
+    live["DH_CosyVoiceLoadVoice"]["input"]["required"]["voice_name"] = [["default", "Anna"], {}]
+    got = tools(live)
+    assert {"live_start", "live_say", "live_stop"} <= set(got)
+    props = got["live_start"].schema["properties"]
+    assert props["voice"]["enum"] == ["default", "Anna"] and got["live_start"].schema["required"] == ["portrait"]
+    assert got["live_say"].schema["properties"]["mode"]["enum"] == ["repeat", "chat"]
+    # live_say / live_stop drive any open session (providers' too): they need only the Live Session node
+    only_routes = tools(info(live=True, without=("DH_CosyVoiceLiveVoice",)))
+    assert "live_start" not in only_routes and {"live_say", "live_stop"} <= set(only_routes)
+    assert not {"live_say", "live_stop"} & set(tools(None))  # never guessed without a server
+    with pytest.raises(ToolFailure, match="live_start: voice: 'Bob' is not one of"):
+        check_arguments(got["live_start"], {"portrait": "me.jpg", "voice": "Bob"})
+    with pytest.raises(ToolFailure, match="live_say: text: is empty"):
+        check_arguments(got["live_say"], {"session": "agent", "text": ""})
+
+
+def test_the_live_row_names_its_workflows_nodes_and_inputs():
+    root = Path(recipes.TABLE_FILE).parents[1] / "workflows" / "api"
+    start = TABLE["live"]["start"]
+    prompt = json.loads((root / f"{start['workflow']}.json").read_text())
+    assert {n["class_type"] for n in prompt.values()} <= set(start["requires_nodes"])
+    assert prompt[start["session_node"]]["class_type"] == "DH_LiveSession"
+    for arg, a in start["arguments"].items():
+        node, inp = a["set"].split(".")
+        assert inp in prompt[node]["inputs"], (arg, a["set"])
+        if "choices_of" in a:
+            assert a["choices_of"].split(".")[0] == prompt[node]["class_type"], arg
