@@ -86,7 +86,13 @@ class Attention(nn.Module):
     def attend(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         ctx = x if context is None else context
         q, k, v = self._split(self.to_q(x)), self._split(self.to_k(ctx)), self._split(self.to_v(ctx))
-        out = F.scaled_dot_product_attention(q, k, v)
+        if q.device.type == "cpu" and q.dtype == torch.bfloat16:
+            # torch's bf16 attention kernel on the CPU can fail outside its AVX-512 path ("pack_vnni2 is only
+            # supported when avx512 is supported", seen with ATEN_CPU_CAPABILITY=default); bf16 on a CPU is
+            # not a speed path, so attend in fp32 there
+            out = F.scaled_dot_product_attention(q.float(), k.float(), v.float()).to(q.dtype)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v)
         b, h, n, d = out.shape
         return self.to_out[0](out.permute(0, 2, 1, 3).reshape(b, n, h * d))
 
