@@ -128,7 +128,7 @@ def test_speech_longer_than_the_video_plays_it_back_and_forth(comfy, testdata, t
 
 
 def test_high_quality_digital_human_workflow(comfy, testdata, tmp_path):
-    """Portrait s0.jpg driven by 3 frames of d20.mp4 (LivePortrait), then LatentSync under 2.01 s of eng.wav.
+    """Portrait s0.jpg driven by 2 frames of d20.mp4 (LivePortrait), then LatentSync under 2.01 s of eng.wav.
 
     The fake hub's LivePortrait weights are random (published layout), so the animated frames hold no face:
     the run must get through the motion step and stop at LatentSync's face check with the error naming the
@@ -140,7 +140,7 @@ def test_high_quality_digital_human_workflow(comfy, testdata, tmp_path):
         upload(comfy, testdata / name)
     wav, _ = _cut(testdata, "eng.wav", 2.01, tmp_path)
     prompt = json.loads((API / "digital_human_hq.json").read_text())
-    prompt["2"]["inputs"]["frame_load_cap"] = 3  # full-size LivePortrait on a CPU: a few frames
+    prompt["2"]["inputs"]["frame_load_cap"] = 2  # full-size LivePortrait on a CPU: two frames
     prompt["3"]["inputs"]["audio"] = upload(comfy, wav)
     prompt["6"]["inputs"]["version"] = "1.5"
     prompt["7"]["inputs"].update(steps=1, guidance=1.0)
@@ -150,6 +150,6 @@ def test_high_quality_digital_human_workflow(comfy, testdata, tmp_path):
         run_prompt(comfy, prompt, events)
     msg = str(err.value)
     assert "node 7 (DH_LatentSyncLipSync)" in msg
-    assert "no face found in any of the 3 frames of the 'images' input" in msg
+    assert "no face found in any of the 2 frames of the 'images' input" in msg
     assert any(t == "progress" and d.get("node") == "5" for t, d in events)  # LivePortrait ran first
     assert not list((comfy.output_dir / "DigitalHuman").glob("latentsync_hq*"))
