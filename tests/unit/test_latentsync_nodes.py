@@ -167,10 +167,12 @@ def test_audio_at_44k_stereo_counts_frames_from_the_audio_as_given(latentsync_no
     assert librosa.resample(st.mean(0), orig_sr=44100, target_sr=16000).size == 12800
     audio = {"waveform": torch.from_numpy(st.copy())[None], "sample_rate": 44100}
     node, handle, env = latentsync_node
-    out, aud, fps, stream, report = _run(node, handle, audio, images=images)["result"]
+    fast = dict(steps=1, guidance=1.0)  # the lengths are tested, not the look: one step, no guidance batch
+    out, aud, fps, stream, report = _run(node, handle, audio, images=images, **fast)["result"]
     assert out.shape[0] == 19 == int(35279 / 44100 * 25) and len(stream) == 19 and fps == 25.0
     assert aud is audio and torch.isfinite(out).all()
-    out30 = _run(node, handle, audio, images=images, input_fps=30.0, output_fps="input", output_images=False)["result"]
+    out30 = _run(node, handle, audio, images=images, input_fps=30.0, output_fps="input", output_images=False,
+                 **fast)["result"]
     assert len(out30[3]) == int(35279 / 44100 * 30) == 23
 
 
@@ -180,7 +182,8 @@ def test_ten_frames_under_a_minute_of_speech_stream_1500_frames(latentsync_node,
     wav, sr = sf.read(str(testdata / "eng.wav"), dtype="float32", always_2d=True)
     audio = {"waveform": torch.from_numpy(wav.T.copy())[None], "sample_rate": sr}
     node, handle, env = latentsync_node
-    out, _, fps, stream, report = _run(node, handle, audio, images=images, output_images=False)["result"]
+    out, _, fps, stream, report = _run(node, handle, audio, images=images, output_images=False, steps=1,
+                                       guidance=1.0)["result"]
     assert sr == 16000 and wav.shape[0] == 960000
     assert len(stream) == 1500 and fps == 25.0 and "1500 frames at 25 fps" in report
     src = (images * 255).round().to(torch.uint8).numpy()
