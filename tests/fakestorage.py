@@ -232,3 +232,19 @@ def _handler(store: FakeStorage) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
 
     return Handler
+
+
+def serve_url_model(store: "FakeStorage", model_id: str, data: bytes, monkeypatch):
+    """Serve ``data`` where catalogue entry ``model_id``'s first URL points, on the loopback ``store``, and
+    patch the entry (URL, size, sha256) for the test's duration; returns the patched ``ModelFile``
+    (the URL counterpart of ``fakehub.serve_model``)."""
+    import dataclasses
+
+    from comfyui_digitalhuman.model_loaders import catalog
+
+    entry = catalog.get_model(model_id)
+    store.add_url(entry.urls[0], data)
+    local = dataclasses.replace(entry, urls=(store.rebase(entry.urls[0]),), size=len(data),
+                                sha256=hashlib.sha256(data).hexdigest())
+    monkeypatch.setitem(catalog._default_catalog(), model_id, local)
+    return local

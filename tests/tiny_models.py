@@ -45,6 +45,39 @@ def musetalk_files() -> dict[str, bytes]:
     }
 
 
+def latentsync_files() -> dict[str, bytes]:
+    """LatentSync in the published containers: the small test configuration of the UNet for both versions
+    (``{'state_dict', 'global_step'}``), an OpenAI-format Whisper tiny (published encoder size, small
+    decoder), the stand-in mouth mask as a 256x256 PNG. The VAE is MuseTalk's (same catalogue entries)."""
+    import cv2
+
+    from comfyui_digitalhuman.engine.latentsync import random_models as R
+    from comfyui_digitalhuman.engine.latentsync.mask import lower_face_mask
+
+    unet = _torch_bytes({"state_dict": R.random_unet(tiny=True, seed=1).state_dict(), "global_step": 0})
+    ok, png = cv2.imencode(".png", (lower_face_mask(256) * 255).astype("uint8"))
+    assert ok
+    return {
+        "latentsync.unet_v16": unet,
+        "latentsync.unet_v15": unet,
+        "latentsync.whisper_tiny": _torch_bytes(R.whisper_checkpoint(seed=2)),
+        "latentsync.mask": png.tobytes(),
+    }
+
+
+def serve_latentsync(hub, storage, overrides_dir: Path) -> None:
+    """LatentSync's small files: the networks on the fake hub, the mask PNG on the fake web host at the
+    catalogue URL's path; the override entries describe them."""
+    files = latentsync_files()
+    mask = files.pop("latentsync.mask")
+    publish(hub, files, overrides_dir)
+    url = get_model("latentsync.mask").urls[0]
+    storage.add_url(url, mask)
+    raw = next(e for e in json.loads((CATALOG_DIR / "latentsync.json").read_text()) if e["id"] == "latentsync.mask")
+    raw.update(urls=[storage.rebase(url)], size=len(mask), sha256=hashlib.sha256(mask).hexdigest())
+    write_overrides(overrides_dir, "latentsync", [raw])
+
+
 def liveportrait_files() -> dict[str, bytes]:
     """Full-size LivePortrait networks (no smaller layout is published) with seeded random weights."""
     from comfyui_digitalhuman.model_loaders.liveportrait import CATALOG_IDS, synthetic_weights

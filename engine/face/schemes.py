@@ -8,7 +8,7 @@
   first, as LivePortrait's landmark order), inner-lip gap / mouth width. Bigger = more open.
 * :func:`musetalk_box` - MuseTalk's ``get_landmark_and_bbox`` rule on the 68 points.
 * :func:`latentsync_points` - the three points LatentSync aligns on (brow centres, nose
-  centre), which it takes from InsightFace's 106 points; here from the mesh's brow and nose.
+  centre), which it takes from InsightFace's 106 points; here from the same places on the mesh.
 """
 from __future__ import annotations
 
@@ -94,14 +94,21 @@ def musetalk_box(lmk468: np.ndarray, bbox_shift: int = 0, version: str = "v1", e
     return x0, top, x1, bottom
 
 
-# Brow outlines (upper and lower edge), image-left brow first; nose tip, bridge and wings.
-BROW_POINTS = ((70, 63, 105, 66, 107, 46, 53, 52, 65, 55), (300, 293, 334, 296, 336, 276, 283, 282, 295, 285))
-NOSE_POINTS = (1, 4, 5, 195, 98, 327)
+# LatentSync's alignment points are means of InsightFace 106-point landmarks (its
+# ImageProcessor.affine_transform): brows [43, 48, 49, 51, 50] and [101..105], which its own
+# 106 -> 68 table puts at iBUG 17-21 and 22-26 (the upper brow contour, end to end), and the nose
+# [74, 77, 83, 86]: iBUG 29 and 30 (lower bridge, tip) plus the lowest side point of each nostril
+# wing (77, 83 lie on the nose's sides between the bridge points and the nostrils, 78-85). Here
+# the same anatomy on the mesh: the iBUG brow points of IBUG68_FROM_MESH, mesh 5 and 4 (iBUG 29,
+# 30) and the alae's outermost points 129 / 358.
+BROW_POINTS = ((70, 63, 105, 66, 107), (336, 296, 334, 293, 300))
+NOSE_POINTS = (5, 4, 129, 358)
 
 
 def latentsync_points(lmk468: np.ndarray) -> np.ndarray:
     """[3, 2]: centre of the brow on the image's left, of the one on its right, and of the nose
-    (LatentSync's alignment points, in the order of its face template)."""
-    p = _check(lmk468)[:, :2].astype(np.float64)
+    (LatentSync's alignment points, in the order of its face template). As the reference, each
+    landmark is rounded to whole pixels before the means (InsightFace's points are integers there)."""
+    p = np.round(_check(lmk468)[:, :2].astype(np.float64))
     pts = [p[list(BROW_POINTS[0])].mean(0), p[list(BROW_POINTS[1])].mean(0), p[list(NOSE_POINTS)].mean(0)]
     return np.array(pts, np.float32)

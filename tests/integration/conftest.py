@@ -23,12 +23,13 @@ def model_hub(tmp_path_factory, testdata):
     from fakehub import FakeHub
     from fakestorage import FakeStorage
     from tiny_cosyvoice import serve_cosyvoice
-    from tiny_models import liveportrait_files, musetalk_files, publish
+    from tiny_models import liveportrait_files, musetalk_files, publish, serve_latentsync
 
     overrides = tmp_path_factory.mktemp("catalog_overrides")
     with FakeHub() as hub, FakeStorage() as storage:
         publish(hub, {**musetalk_files(), **liveportrait_files()}, overrides)
         serve_face_models(storage, overrides)
+        serve_latentsync(hub, storage, overrides)
         cosyvoice_config = serve_cosyvoice(hub, storage, overrides, testdata, overrides.parent / "cosyvoice_small.json")
         hub.cosyvoice_config = cosyvoice_config
         yield hub, overrides, storage
