@@ -92,7 +92,7 @@ def test_tool_list_and_schemas(comfy, work, tmp_path):
     mv = by_name["make_video"].input_schema
     assert mv["required"] == ["portrait"]
     assert set(mv["properties"]) == {"portrait", "script", "speech", "voice", "driving_video", "quality"}
-    assert mv["properties"]["quality"]["enum"] == ["musetalk"]
+    assert mv["properties"]["quality"]["enum"] == ["musetalk", "latentsync"]
     assert mv["properties"]["script"]["maxLength"] == 20000
     da = by_name["design_avatar"].input_schema["properties"]
     prompt_inputs = info["DH_PortraitPrompt"]["input"]["required"]
@@ -521,3 +521,35 @@ def test_a_live_session_started_made_to_speak_and_stopped(comfy, work):
     assert again.is_error and "no open live session called 'mcp desk'" in text_of(again)
     with urllib.request.urlopen(f"{comfy.url}/digitalhuman/live/sessions", timeout=30) as r:
         assert all(x["id"] != s["session"] for x in json.loads(r.read())["sessions"])
+
+
+def test_make_video_in_latentsync_quality(comfy, work, tmp_path):
+    """quality 'latentsync' runs the LatentSync route (portrait, no driving video: talking_head_hq) and
+    gives a checked MP4. The route's workflow is the shipped one made cheap for the CPU (version 1.5 at
+    256 px, one step, no guidance batch), passed as a path in a copy of the tool table."""
+    table = json.loads((REPO / "data" / "mcp_tools.json").read_text())
+    (route,) = [r for r in table["video"]["routes"] if r["quality"] == "latentsync" and not r["driving_video"]]
+    prompt = json.loads((REPO / "workflows" / "api" / f"{route['workflow']}.json").read_text())
+    assert [n["class_type"] for n in prompt.values()] == ["LoadImage", "DH_LoadAudio", "DH_LoadLatentSync",
+                                                         "DH_LatentSyncLipSync", "DH_SaveVideo"]
+    prompt["3"]["inputs"]["version"] = "1.5"
+    prompt["4"]["inputs"].update(steps=1, guidance=1.0)
+    prompt["5"]["inputs"]["preset"] = "ultrafast"
+    cheap = work["allowed"] / "talking_head_hq_cheap.json"
+    cheap.write_text(json.dumps(prompt))
+    route["workflow"] = str(cheap)
+    alt = tmp_path / "tools.json"
+    alt.write_text(json.dumps(table))
+
+    async def scenario(session):
+        return await session.call_tool("make_video", {"portrait": str(work["allowed"] / "me.jpg"),
+                                                      "speech": str(work["allowed"] / "hello.wav"),
+                                                      "quality": "latentsync"})
+
+    result, _ = run_session(work, comfy.url, scenario, extra=["--table", str(alt)])
+    assert not result.is_error, text_of(result)
+    answer = result.structured_content
+    assert answer["quality"] == "latentsync" and answer["workflow"] == str(cheap)
+    facts = media_facts(Path(answer["video"]))
+    assert facts["frames"] == 30  # floor(1.2 s x 25)
+    assert_sound_matches(Path(answer["video"]), facts["audio_s"], facts["frames"] / 25)

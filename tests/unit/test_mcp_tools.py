@@ -154,3 +154,14 @@ def test_the_live_row_names_its_workflows_nodes_and_inputs():
         assert inp in prompt[node]["inputs"], (arg, a["set"])
         if "choices_of" in a:
             assert a["choices_of"].split(".")[0] == prompt[node]["class_type"], arg
+
+
+def test_latentsync_is_a_second_quality_when_its_nodes_are_installed():
+    with_ls = info()
+    for n in ("DH_LoadLatentSync", "DH_LatentSyncLipSync"):
+        with_ls[n] = {"input": {"required": {}}}
+    q = tools(with_ls)["make_video"].schema["properties"]["quality"]
+    assert q["enum"] == ["musetalk", "latentsync"] and q["default"] == "musetalk"
+    assert tools(info())["make_video"].schema["properties"]["quality"]["enum"] == ["musetalk"]
+    routes = {(r["quality"], r["driving_video"]): r["workflow"] for r in TABLE["video"]["routes"]}
+    assert routes[("latentsync", False)] == "talking_head_hq" and routes[("latentsync", True)] == "digital_human_hq"
