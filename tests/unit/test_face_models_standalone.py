@@ -65,6 +65,8 @@ def _base_env(home: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if (not k.startswith(("HF_", "DH_", "XDG_", "TRANSFORMERS_")) and k != "PYTHONPATH") or k == "DH_TEST_MKLDNN"}
     env.update(HOME=str(home), OMP_NUM_THREADS="1")
+    if child_pythonpath():  # DH_TEST_MKLDNN=0: both children take the same convolution paths
+        env["PYTHONPATH"] = child_pythonpath()
     return env
 
 
