@@ -158,7 +158,8 @@ def test_relative_shift_picks_distance_i_minus_j():
 def test_cosine_time_grid():
     grid = cosine_time_grid(10, "cosine", torch.device("cpu"), torch.float32)
     want = [1 - math.cos(k / 10 * math.pi / 2) for k in range(11)]
-    np.testing.assert_allclose(grid.numpy(), want, atol=1e-6)
+    # float32: k/10, x pi/2, cos (<= 2 ulp in any libm) and 1 - cos: about 6 roundings of values <= 2
+    np.testing.assert_allclose(grid.numpy(), want, rtol=0, atol=2 * 6 * 2.0 ** -24 * 2)
     assert np.all(np.diff(grid.numpy()) > 0) and grid[0] == 0
 
 

@@ -104,9 +104,14 @@ def test_the_noise_stream_is_the_references(ref, model):
     for k, (seed, frames) in enumerate(zip(ref["noise_seeds"], (ref["f0_1"].shape[1], ref["f0_2"].shape[1], 10)), 1):
         g = torch.Generator().manual_seed(int(seed))
         ini, noise = model.m_source.draw_noise(1, frames * HOP, g, torch.device("cpu"))
-        assert np.allclose(ini.numpy(), ref[f"rand_ini_{k}"], rtol=1e-6, atol=0), "torch.rand differs from the reference's"
-        assert np.allclose(noise[0, :4].numpy(), ref[f"noise_{k}_head"], rtol=1e-6, atol=0), "torch's normal stream differs"
-        assert abs(noise.double().abs().sum().item() - float(ref[f"noise_{k}_abs_sum"])) < 1e-6 * float(ref[f"noise_{k}_abs_sum"])
+        # uniform draws are integers scaled by a power of two (exact anywhere): one rounding at most
+        assert np.allclose(ini.numpy(), ref[f"rand_ini_{k}"], rtol=2 * U, atol=0), "torch.rand differs from the reference's"
+        # normal draws (Box-Muller: log, sqrt, cos, products) round in about 8 steps, relative to |x| + 1
+        # (log near 1 has an absolute, not a relative, error), and the libm of another CPU may differ
+        head = ref[f"noise_{k}_head"]
+        assert np.all(np.abs(noise[0, :4].numpy() - head) <= 2 * 8 * U * (np.abs(head) + 1)), "torch's normal stream differs"
+        total = float(ref[f"noise_{k}_abs_sum"])  # summed in float64: only the draws' own rounding counts
+        assert abs(noise.double().abs().sum().item() - total) <= 2 * 8 * U * (total + noise.numel())
 
 
 def test_f0_predictor_matches_reference(ref, model):
