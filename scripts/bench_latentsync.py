@@ -108,15 +108,10 @@ def speech(seconds: float) -> np.ndarray:
 
 
 def frames_of(video: Path, n: int) -> np.ndarray:
-    import av
+    """The first ``n`` frames (the engine's own reader, as the nodes read them)."""
+    from comfyui_digitalhuman.engine.media.video_io import read_video
 
-    out = []
-    with av.open(str(video)) as c:
-        for f in c.decode(video=0):
-            out.append(f.to_ndarray(format="rgb24"))
-            if len(out) == n:
-                break
-    return np.stack(out)
+    return read_video(video, frame_cap=n)[0]
 
 
 def run_ours(models: P.LatentSyncModels, frames: np.ndarray, samples: np.ndarray, opts: P.SyncOptions,
