@@ -125,15 +125,20 @@ class DH_LiveSession:
                 "result": (link,)}
 
 
-class DH_OpenAILiveVoice:
-    DESCRIPTION = ("OpenAI's speech API (or an OpenAI-compatible speech server) as a live voice: raw 24 kHz audio streamed "
-                   "as it is made. The key comes from OPENAI_API_KEY or the key file; a server on this machine or your "
-                   "network needs none.")
+class _LiveVoiceNode:
+    """What every live-voice node shares: one output, a streaming voice for Live Session."""
+
     CATEGORY = CAT_REALTIME
     RETURN_TYPES = (VOICE_TYPE,)
     RETURN_NAMES = ("voice",)
     OUTPUT_TOOLTIPS = ("A streaming voice for Live Session.",)
     FUNCTION = "make"
+
+
+class DH_OpenAILiveVoice(_LiveVoiceNode):
+    DESCRIPTION = ("OpenAI's speech API (or an OpenAI-compatible speech server) as a live voice: raw 24 kHz audio streamed "
+                   "as it is made. The key comes from OPENAI_API_KEY or the key file; a server on this machine or your "
+                   "network needs none.")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -157,13 +162,8 @@ class DH_OpenAILiveVoice:
                                      instructions=instructions, base_url=base_url),)
 
 
-class DH_ElevenLabsLiveVoice:
+class DH_ElevenLabsLiveVoice(_LiveVoiceNode):
     DESCRIPTION = "ElevenLabs as a live voice (its /stream endpoint, raw PCM). The key comes from ELEVENLABS_API_KEY or the key file."
-    CATEGORY = CAT_REALTIME
-    RETURN_TYPES = (VOICE_TYPE,)
-    RETURN_NAMES = ("voice",)
-    OUTPUT_TOOLTIPS = ("A streaming voice for Live Session.",)
-    FUNCTION = "make"
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -186,14 +186,9 @@ class DH_ElevenLabsLiveVoice:
                                          speed=float(speed) if float(speed) != 1.0 else None),)
 
 
-class DH_CosyVoiceLiveVoice:
+class DH_CosyVoiceLiveVoice(_LiveVoiceNode):
     DESCRIPTION = ("A cloned CosyVoice 2 voice as a live voice: each sentence is synthesised in streaming hops (the first "
                    "audio after about 25 speech tokens), locally, at no cost.")
-    CATEGORY = CAT_REALTIME
-    RETURN_TYPES = (VOICE_TYPE,)
-    RETURN_NAMES = ("voice",)
-    OUTPUT_TOOLTIPS = ("A streaming voice for Live Session.",)
-    FUNCTION = "make"
 
     @classmethod
     def INPUT_TYPES(cls):

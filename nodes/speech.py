@@ -77,15 +77,28 @@ def _keep_partial(exc: PartialSpeechError, filename_prefix: str, node: str) -> R
     return RuntimeError(f"{node}: {exc}{where}")
 
 
-RETURN_TYPES = ("AUDIO", "FLOAT", "STRING", "STRING")
-RETURN_NAMES = ("audio", "cost_usd", "subtitles", "subtitle_path")
-OUTPUT_TOOLTIPS = ("The speech as core AUDIO (mono, at the voice's sample rate).",
-                   "Estimated cost of this call in USD from data/prices.json (connect to Cost Sum).",
-                   "Per-sentence subtitles as SRT text.",
-                   "Path of the saved .srt in the output folder, or empty when save_subtitles is off.")
+class SpeechNode:
+    """What every text-to-speech node shares: the four outputs of speech_outputs()."""
+
+    RETURN_TYPES = ("AUDIO", "FLOAT", "STRING", "STRING")
+    RETURN_NAMES = ("audio", "cost_usd", "subtitles", "subtitle_path")
+    OUTPUT_TOOLTIPS = ("The speech as core AUDIO (mono, at the voice's sample rate).",
+                       "Estimated cost of this call in USD from data/prices.json (connect to Cost Sum).",
+                       "Per-sentence subtitles as SRT text.",
+                       "Path of the saved .srt in the output folder, or empty when save_subtitles is off.")
+    FUNCTION = "speak"
+    CATEGORY = CAT_SPEECH
 
 
-class DH_OpenAISpeech:
+def save_inputs() -> dict:
+    """The optional inputs that go with speech_outputs(): whether to write the .srt, and where."""
+    return {
+        "save_subtitles": ("BOOLEAN", {"default": False, "tooltip": "Also write the subtitles as an .srt file into ComfyUI's output folder."}),
+        "filename_prefix": ("STRING", {"default": "DigitalHuman/speech", "tooltip": PREFIX_TOOLTIP}),
+    }
+
+
+class DH_OpenAISpeech(SpeechNode):
     """Text -> speech with OpenAI's speech endpoint (gpt-4o-mini-tts, tts-1, tts-1-hd)."""
 
     @classmethod
@@ -107,15 +120,9 @@ class DH_OpenAISpeech:
             "run_id": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF, "control_after_generate": True, "tooltip": RUN_ID_TOOLTIP}),
         }, "optional": {
             "custom_voice": ("STRING", {"default": "", "tooltip": "A custom voice id (voice_...) of your OpenAI organisation; when given it replaces 'voice'."}),
-            "save_subtitles": ("BOOLEAN", {"default": False, "tooltip": "Also write the subtitles as an .srt file into ComfyUI's output folder."}),
-            "filename_prefix": ("STRING", {"default": "DigitalHuman/speech", "tooltip": PREFIX_TOOLTIP}),
+            **save_inputs(),
         }}
 
-    RETURN_TYPES = RETURN_TYPES
-    RETURN_NAMES = RETURN_NAMES
-    OUTPUT_TOOLTIPS = OUTPUT_TOOLTIPS
-    FUNCTION = "speak"
-    CATEGORY = CAT_SPEECH
     DESCRIPTION = ("Speaks a script with OpenAI's speech API (POST /v1/audio/speech). Long scripts are split at sentence "
                    "boundaries under the 4096-character limit and joined with natural pauses; outputs core AUDIO, the "
                    "estimated cost and SRT subtitles. The key is read from OPENAI_API_KEY or "
@@ -135,7 +142,7 @@ class DH_OpenAISpeech:
         return speech_outputs(result, save_subtitles, filename_prefix, "OpenAI speech")
 
 
-class DH_ElevenLabsSpeech:
+class DH_ElevenLabsSpeech(SpeechNode):
     """Text -> speech with ElevenLabs (multilingual v2, v3, flash/turbo), optionally with character timestamps."""
 
     @classmethod
@@ -172,15 +179,9 @@ class DH_ElevenLabsSpeech:
             "language_code": ("STRING", {"default": "", "tooltip": "ISO 639-1 code to enforce a language (flash/turbo v2.5); empty lets the model infer it."}),
             "seed": ("INT", {"default": -1, "min": -1, "max": 4294967295,
                              "tooltip": "Best-effort deterministic sampling; -1 sends no seed."}),
-            "save_subtitles": ("BOOLEAN", {"default": False, "tooltip": "Also write the subtitles as an .srt file into ComfyUI's output folder."}),
-            "filename_prefix": ("STRING", {"default": "DigitalHuman/speech", "tooltip": PREFIX_TOOLTIP}),
+            **save_inputs(),
         }}
 
-    RETURN_TYPES = RETURN_TYPES
-    RETURN_NAMES = RETURN_NAMES
-    OUTPUT_TOOLTIPS = OUTPUT_TOOLTIPS
-    FUNCTION = "speak"
-    CATEGORY = CAT_SPEECH
     DESCRIPTION = ("Speaks a script with ElevenLabs text to speech (POST /v1/text-to-speech/{voice_id}). Long scripts are "
                    "split at sentence boundaries under the model's limit, stitched with previous request ids and joined "
                    "with natural pauses; outputs core AUDIO, the estimated cost (credits x your plan's rate in "

