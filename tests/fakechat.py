@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from loopback import LoopbackServer, QuietHandler
 
 ROLES = {"system", "user", "assistant", "tool", "developer"}
 
@@ -38,59 +38,27 @@ def word_tokens(text: str) -> list[str]:
     return re.findall(r"\s*\S+", text)
 
 
-class FakeChat(ThreadingHTTPServer):
-    daemon_threads = True
-
+class FakeChat(LoopbackServer):
     def __init__(self, api_key: str | None = None):
-        super().__init__(("127.0.0.1", 0), _Handler)
+        super().__init__(_Handler)
         self.api_key = api_key
         self.script: list[tuple] = []
         self.requests: list[dict] = []
         self.headers_seen: list[dict] = []
         self.token_delay_s = 0.0
         self.reply = default_reply
-        self.lock = threading.Lock()
         self.streams_open = 0
-        self.thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-
-    def handle_error(self, request, client_address) -> None:
-        import sys
-
-        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
-            super().handle_error(request, client_address)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/v1"
-
-    def __enter__(self) -> "FakeChat":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.shutdown()
-        self.server_close()
+        return self.origin + "/v1"
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(QuietHandler):
     server: FakeChat
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args) -> None:
-        pass
-
-    def _json(self, status: int, body: dict, headers: dict | None = None) -> None:
-        raw = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(raw)))
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(raw)
 
     def _error(self, status: int, message: str, etype: str = "invalid_request_error", headers: dict | None = None) -> None:
-        self._json(status, {"error": {"message": message, "type": etype, "param": None, "code": None}}, headers)
+        self.send_json(status, {"error": {"message": message, "type": etype, "param": None, "code": None}}, headers)
 
     def _chunk(self, data: bytes) -> None:
         self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
@@ -136,7 +104,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(page)
             return
         if not body.get("stream"):
-            return self._json(200, {"id": "chatcmpl-fake", "object": "chat.completion", "model": body["model"],
+            return self.send_json(200, {"id": "chatcmpl-fake", "object": "chat.completion", "model": body["model"],
                                     "choices": [{"index": 0, "message": {"role": "assistant", "content": reply},
                                                  "finish_reason": "stop"}]})
         self.send_response(200)

@@ -23,13 +23,12 @@ from __future__ import annotations
 import base64
 import json
 import re
-import threading
 import time
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlparse
 
 import fakespeech
+from loopback import LoopbackServer, QuietHandler
 
 MODELS = {"eleven_multilingual_v2": 10000, "eleven_v3": 3000, "eleven_flash_v2_5": 40000, "eleven_turbo_v2_5": 40000,
           "eleven_flash_v2": 30000, "eleven_turbo_v2": 30000}
@@ -60,60 +59,28 @@ class Captured:
     json: dict | None = None
 
 
-class FakeElevenLabs(ThreadingHTTPServer):
-    daemon_threads = True
-
+class FakeElevenLabs(LoopbackServer):
     def __init__(self, api_key: str | None = None):
-        super().__init__(("127.0.0.1", 0), _Handler)
+        super().__init__(_Handler)
         self.api_key = api_key or fake_key("test")
         self.script: list[tuple] = []
         self.requests: list[Captured] = []
-        self.lock = threading.Lock()
         self.chunk_bytes = 4001
         self.chunk_delay_s = 0.0
         self.chunks_sent = 0
         self.send_character_cost = True
-        self.thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-
-    def handle_error(self, request, client_address) -> None:
-        import sys
-
-        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
-            super().handle_error(request, client_address)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-    def __enter__(self) -> "FakeElevenLabs":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.shutdown()
-        self.server_close()
+        return self.origin
 
 
 def _detail(status: str, message: str) -> dict:
     return {"detail": {"status": status, "message": message}}
 
 
-class _Handler(fakespeech.AudioAnswers, BaseHTTPRequestHandler):
+class _Handler(fakespeech.AudioAnswers, QuietHandler):
     server: FakeElevenLabs
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args) -> None:
-        pass
-
-    def _json(self, status: int, body: dict, headers: dict | None = None) -> None:
-        raw = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(raw)))
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(raw)
 
     def _capture(self) -> tuple[Captured, tuple | None]:
         u = urlparse(self.path)
@@ -132,18 +99,18 @@ class _Handler(fakespeech.AudioAnswers, BaseHTTPRequestHandler):
             return False
         if step[0] == "hang":
             time.sleep(step[1])
-            self._json(500, _detail("internal_error", "hung"))
+            self.send_json(500, _detail("internal_error", "hung"))
             return True
         st, hdrs = step[1], (step[2] if len(step) > 2 else {})
         if st == 429:
-            self._json(429, _detail("too_many_concurrent_requests", "Too many concurrent requests for your subscription."), hdrs)
+            self.send_json(429, _detail("too_many_concurrent_requests", "Too many concurrent requests for your subscription."), hdrs)
         else:
-            self._json(st, _detail("internal_error", "An internal server error occurred."), hdrs)
+            self.send_json(st, _detail("internal_error", "An internal server error occurred."), hdrs)
         return True
 
     def _authorised(self) -> bool:
         if self.headers.get("xi-api-key", "") != self.server.api_key:
-            self._json(401, _detail("invalid_api_key", "Invalid API key"))
+            self.send_json(401, _detail("invalid_api_key", "Invalid API key"))
             return False
         return True
 
@@ -152,8 +119,8 @@ class _Handler(fakespeech.AudioAnswers, BaseHTTPRequestHandler):
         if self._scripted(step) or not self._authorised():
             return
         if cap.path == "/v1/voices":
-            return self._json(200, {"voices": VOICES})
-        self._json(404, {"detail": "Not Found"})
+            return self.send_json(200, {"voices": VOICES})
+        self.send_json(404, {"detail": "Not Found"})
 
     def do_POST(self) -> None:  # noqa: N802
         cap, step = self._capture()
@@ -161,37 +128,37 @@ class _Handler(fakespeech.AudioAnswers, BaseHTTPRequestHandler):
             return
         m = re.fullmatch(r"/v1/text-to-speech/([^/]+)(/stream)?(/with-timestamps)?", cap.path)
         if not m:
-            return self._json(404, {"detail": "Not Found"})
+            return self.send_json(404, {"detail": "Not Found"})
         voice_id = unquote(m.group(1))
         stall = (step[1], step[2]) if step is not None and step[0] == "stall" else None
         fmt = cap.query.get("output_format", "mp3_44100_128")
         if not FORMATS.match(fmt):
-            return self._json(422, {"detail": [{"loc": ["query", "output_format"], "msg": f"Input should be a valid output format, got '{fmt}'", "type": "enum"}]})
+            return self.send_json(422, {"detail": [{"loc": ["query", "output_format"], "msg": f"Input should be a valid output format, got '{fmt}'", "type": "enum"}]})
         body = cap.json or {}
         extra = sorted(set(body) - FIELDS)
         if extra:
-            return self._json(422, {"detail": [{"loc": ["body", extra[0]], "msg": "Extra inputs are not permitted", "type": "extra_forbidden"}]})
+            return self.send_json(422, {"detail": [{"loc": ["body", extra[0]], "msg": "Extra inputs are not permitted", "type": "extra_forbidden"}]})
         vs = body.get("voice_settings") or {}
         if set(vs) - SETTINGS:
-            return self._json(422, {"detail": [{"loc": ["body", "voice_settings", sorted(set(vs) - SETTINGS)[0]], "msg": "Extra inputs are not permitted", "type": "extra_forbidden"}]})
+            return self.send_json(422, {"detail": [{"loc": ["body", "voice_settings", sorted(set(vs) - SETTINGS)[0]], "msg": "Extra inputs are not permitted", "type": "extra_forbidden"}]})
         text = body.get("text")
         if not isinstance(text, str) or not text:
-            return self._json(422, {"detail": [{"loc": ["body", "text"], "msg": "Field required", "type": "missing"}]})
+            return self.send_json(422, {"detail": [{"loc": ["body", "text"], "msg": "Field required", "type": "missing"}]})
         if voice_id not in {v["voice_id"] for v in VOICES}:
-            return self._json(400, _detail("voice_not_found", f"A voice with the voice_id {voice_id} was not found."))
+            return self.send_json(400, _detail("voice_not_found", f"A voice with the voice_id {voice_id} was not found."))
         model = body.get("model_id", "eleven_multilingual_v2")
         if model not in MODELS:
-            return self._json(400, _detail("model_not_found", f"A model with model ID {model} does not exist."))
+            return self.send_json(400, _detail("model_not_found", f"A model with model ID {model} does not exist."))
         if len(text) > MODELS[model]:
-            return self._json(400, _detail("max_character_limit_exceeded",
+            return self.send_json(400, _detail("max_character_limit_exceeded",
                                            f"You are sending {len(text)} characters; the limit for {model} is {MODELS[model]}."))
         if model == "eleven_v3" and body.get("previous_request_ids"):
-            return self._json(400, _detail("invalid_request", "Request stitching is not available for eleven_v3."))
+            return self.send_json(400, _detail("invalid_request", "Request stitching is not available for eleven_v3."))
         if len(body.get("previous_request_ids") or []) > 3:
-            return self._json(400, _detail("invalid_request", "A maximum of 3 previous_request_ids can be sent."))
+            return self.send_json(400, _detail("invalid_request", "A maximum of 3 previous_request_ids can be sent."))
         speed = float(vs.get("speed", 1.0))
         if not 0.7 <= speed <= 1.2:
-            return self._json(400, _detail("invalid_voice_settings", f"speed must be between 0.7 and 1.2, got {speed}"))
+            return self.send_json(400, _detail("invalid_voice_settings", f"speed must be between 0.7 and 1.2, got {speed}"))
         kind, rate = fmt.split("_")[0], int(fmt.split("_")[1])
         pcm = fakespeech.render(text, rate, speed)
         audio = pcm.astype("<i2").tobytes() if kind == "pcm" else fakespeech.encoded_bytes(pcm, rate, kind)
@@ -201,7 +168,7 @@ class _Handler(fakespeech.AudioAnswers, BaseHTTPRequestHandler):
         if m.group(3):
             starts, ends = fakespeech.char_times(text, rate, speed)
             al = {"characters": list(text), "character_start_times_seconds": starts, "character_end_times_seconds": ends}
-            return self._json(200, {"audio_base64": base64.b64encode(audio).decode(), "alignment": al,
+            return self.send_json(200, {"audio_base64": base64.b64encode(audio).decode(), "alignment": al,
                                     "normalized_alignment": al}, headers)
         ctype = "audio/mpeg" if kind == "mp3" else "application/octet-stream"
         self.send_chunked(200, audio, ctype, headers, stall=stall)

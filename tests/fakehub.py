@@ -33,8 +33,10 @@ import hashlib
 import re
 import threading
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import unquote, urlsplit
+
+from loopback import LoopbackServer, QuietHandler
 
 _INVERT = bytes(range(255, -1, -1))  # maps every byte b to 255 - b (= b ^ 0xFF)
 LFS_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".ckpt", ".onnx", ".tflite")
@@ -95,8 +97,8 @@ class FakeHub:
         self.requests: list[Request] = []
         self.renamed: dict[str, str] = {}  # old repo id -> new repo id (answered with 307)
         self._lock = threading.Lock()
-        self._hub: ThreadingHTTPServer | None = None
-        self._cdn: ThreadingHTTPServer | None = None
+        self._hub: LoopbackServer | None = None
+        self._cdn: LoopbackServer | None = None
 
     # -- content -------------------------------------------------------------------------
     def add(self, repo: str, path: str, data: bytes, lfs: bool | None = None, revision: str | None = None) -> HubFile:
@@ -136,27 +138,23 @@ class FakeHub:
     @property
     def endpoint(self) -> str:
         assert self._hub is not None, "FakeHub not started"
-        return f"http://127.0.0.1:{self._hub.server_address[1]}"
+        return self._hub.origin
 
     @property
     def cdn(self) -> str:
         assert self._cdn is not None, "FakeHub not started"
-        return f"http://127.0.0.1:{self._cdn.server_address[1]}"
+        return self._cdn.origin
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> "FakeHub":
-        self._hub = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self, "hub"))
-        self._cdn = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self, "cdn"))
-        for srv in (self._hub, self._cdn):
-            srv.daemon_threads = True
-            threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        self._hub = LoopbackServer(_handler(self, "hub")).start()
+        self._cdn = LoopbackServer(_handler(self, "cdn")).start()
         return self
 
     def stop(self) -> None:
         for srv in (self._hub, self._cdn):
             if srv is not None:
-                srv.shutdown()
-                srv.server_close()
+                srv.stop()
 
     def __enter__(self) -> "FakeHub":
         return self.start()
@@ -188,12 +186,7 @@ _RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")
 
 
 def _handler(hub: FakeHub, role: str) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args) -> None:  # keep test output quiet
-            pass
-
+    class Handler(QuietHandler):
         def _record(self) -> None:
             with hub._lock:
                 hub.requests.append(Request(self.command, self.path, dict(self.headers.items()), role))

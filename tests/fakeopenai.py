@@ -28,17 +28,16 @@ from __future__ import annotations
 import base64
 import io
 import json
-import threading
 import time
 from dataclasses import dataclass, field
 from email.parser import BytesParser
 from email.policy import HTTP
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 from PIL import Image
 
 import fakespeech
+from loopback import LoopbackServer, QuietHandler
 
 KNOWN_MODELS = {"gpt-image-1", "gpt-image-1-mini", "gpt-image-1.5", "gpt-image-2"}
 SPEECH_MODELS = {"gpt-4o-mini-tts", "gpt-4o-mini-tts-2025-12-15", "tts-1", "tts-1-hd"}
@@ -91,65 +90,33 @@ def fake_key(tag: str) -> str:
     return "-".join(("sk", "fake", tag, "0123456789abcdef"))
 
 
-class FakeOpenAI(ThreadingHTTPServer):
+class FakeOpenAI(LoopbackServer):
     """The server; ``url`` is the base URL to give the client (ends in ``/v1``)."""
 
-    daemon_threads = True
-
     def __init__(self, api_key: str | None = None, shrink: int = 16):
-        super().__init__(("127.0.0.1", 0), _Handler)
+        super().__init__(_Handler)
         self.api_key = api_key or fake_key("test")
         self.shrink = shrink
         self.script: list[tuple] = []
         self.requests: list[Captured] = []
-        self.lock = threading.Lock()
         self.chunk_bytes = 4001  # audio answers go out in chunks of this many bytes
         self.chunk_delay_s = 0.0
         self.chunks_sent = 0
         self.no_auth = False  # True: a self-hosted OpenAI-compatible server that asks for no key
-        self.thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-
-    def handle_error(self, request, client_address) -> None:
-        """A client that gave up (timeout, interrupt) leaves a broken pipe: expected here, not noise."""
-        import sys
-
-        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
-            super().handle_error(request, client_address)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/v1"
-
-    def __enter__(self) -> "FakeOpenAI":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.shutdown()
-        self.server_close()
+        return self.origin + "/v1"
 
 
 def _error(status: int, message: str, etype: str, code: str | None) -> tuple[int, dict, dict]:
     return status, {"error": {"message": message, "type": etype, "param": None, "code": code}}, {}
 
 
-class _Handler(fakespeech.AudioAnswers, BaseHTTPRequestHandler):
+class _Handler(fakespeech.AudioAnswers, QuietHandler):
     server: FakeOpenAI
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args) -> None:  # keep test output quiet
-        pass
-
     def _send(self, status: int, body: dict, headers: dict | None = None) -> None:
-        raw = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("x-request-id", f"req_fake{len(self.server.requests):04d}")
-        self.send_header("Content-Length", str(len(raw)))
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(raw)
+        self.send_json(status, body, {"x-request-id": f"req_fake{len(self.server.requests):04d}", **(headers or {})})
 
     def do_POST(self) -> None:  # noqa: N802 (http.server naming)
         length = int(self.headers.get("Content-Length") or 0)

@@ -28,8 +28,10 @@ import hashlib
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, quote, unquote, urlsplit
+
+from loopback import LoopbackServer, QuietHandler
 
 _INVERT = bytes(range(255, -1, -1))
 GCS_ORIGIN = "https://storage.googleapis.com"
@@ -70,7 +72,7 @@ class FakeStorage:
         self.objects: dict[tuple[str, str], list[StoredObject]] = {}
         self.requests: list[Request] = []
         self._lock = threading.Lock()
-        self._srv: ThreadingHTTPServer | None = None
+        self._srv: LoopbackServer | None = None
         self._next_generation = 1_700_000_000_000_000
 
     # -- content -------------------------------------------------------------------------
@@ -112,19 +114,16 @@ class FakeStorage:
     @property
     def origin(self) -> str:
         assert self._srv is not None, "FakeStorage not started"
-        return f"http://127.0.0.1:{self._srv.server_address[1]}"
+        return self._srv.origin
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> "FakeStorage":
-        self._srv = _QuietServer(("127.0.0.1", 0), _handler(self))
-        self._srv.daemon_threads = True
-        threading.Thread(target=self._srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        self._srv = LoopbackServer(_handler(self)).start()
         return self
 
     def stop(self) -> None:
         if self._srv is not None:
-            self._srv.shutdown()
-            self._srv.server_close()
+            self._srv.stop()
 
     def __enter__(self) -> "FakeStorage":
         return self.start()
@@ -141,25 +140,12 @@ class FakeStorage:
         return next((g for g in gens if str(g.generation) == generation), None)
 
 
-class _QuietServer(ThreadingHTTPServer):
-    def handle_error(self, request, client_address) -> None:  # a client closing its keep-alive socket
-        import sys
-
-        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
-            super().handle_error(request, client_address)
-
-
 _NO_SUCH_KEY = ("<?xml version='1.0' encoding='UTF-8'?><Error><Code>NoSuchKey</Code>"
                 "<Message>The specified key does not exist.</Message><Details>No such object: {}</Details></Error>")
 
 
 def _handler(store: FakeStorage) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args) -> None:
-            pass
-
+    class Handler(QuietHandler):
         def do_HEAD(self) -> None:
             self._serve(head=True)
 
