@@ -12,6 +12,29 @@
 
 const TRANSPORTS = new Map();
 
+/** What a viewer page shows of a peer connection: received fps, drops, freezes, jitter, audio level. */
+export async function pcStats(pc) {
+    const out = {};
+    if (!pc) return out;
+    const report = await pc.getStats();
+    report.forEach((s) => {
+        if (s.type === "inbound-rtp" && s.kind === "video") {
+            Object.assign(out, {
+                fps: s.framesPerSecond || 0, framesDecoded: s.framesDecoded || 0, framesDropped: s.framesDropped || 0,
+                freezes: s.freezeCount || 0,
+                jitterMs: s.jitterBufferEmittedCount ? (1000 * s.jitterBufferDelay) / s.jitterBufferEmittedCount : 0,
+            });
+        }
+        if (s.type === "inbound-rtp" && s.kind === "audio") {
+            out.audioLevel = s.audioLevel || 0;
+            out.audioEnergy = s.totalAudioEnergy || 0;
+            out.audioPackets = s.packetsReceived || 0;
+        }
+    });
+    out.state = pc.connectionState;
+    return out;
+}
+
 export function registerTransport(name, connect) {
     TRANSPORTS.set(name, connect);
 }
@@ -145,26 +168,7 @@ registerTransport("webrtc-offer", async (client, session, video) => {
             pc.close();
             video.srcObject = null;
         },
-        async stats() {
-            const out = {};
-            const report = await pc.getStats();
-            report.forEach((s) => {
-                if (s.type === "inbound-rtp" && s.kind === "video") {
-                    Object.assign(out, {
-                        fps: s.framesPerSecond || 0, framesDecoded: s.framesDecoded || 0,
-                        framesDropped: s.framesDropped || 0, freezes: s.freezeCount || 0,
-                        jitterMs: s.jitterBufferEmittedCount ? (1000 * s.jitterBufferDelay) / s.jitterBufferEmittedCount : 0,
-                    });
-                }
-                if (s.type === "inbound-rtp" && s.kind === "audio") {
-                    out.audioLevel = s.audioLevel || 0;
-                    out.audioEnergy = s.totalAudioEnergy || 0;
-                    out.audioPackets = s.packetsReceived || 0;
-                }
-            });
-            out.state = pc.connectionState;
-            return out;
-        },
+        stats: () => pcStats(pc),
         state: () => pc.connectionState,
     };
 });

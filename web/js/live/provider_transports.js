@@ -13,7 +13,7 @@
 // provider's room; for LiveAvatar FULL mode this page also publishes the session's commands
 // (avatar.speak_text, ...) into the room when the server addresses them to its viewer id.
 // did-webrtc: a plain RTCPeerConnection answers D-ID's offer.
-import { registerTransport } from "./client.js";
+import { pcStats, registerTransport } from "./client.js";
 
 const VENDOR_LIVEKIT = "/static/vendor/livekit-client.esm.mjs";
 
@@ -41,28 +41,6 @@ function stepper(client, session) {
         },
         leave() { if (viewer) quiet({ step: "leave" }); },
     };
-}
-
-async function pcStats(pc) {
-    const out = {};
-    if (!pc) return out;
-    const report = await pc.getStats();
-    report.forEach((s) => {
-        if (s.type === "inbound-rtp" && s.kind === "video") {
-            Object.assign(out, {
-                fps: s.framesPerSecond || 0, framesDecoded: s.framesDecoded || 0, framesDropped: s.framesDropped || 0,
-                freezes: s.freezeCount || 0,
-                jitterMs: s.jitterBufferEmittedCount ? (1000 * s.jitterBufferDelay) / s.jitterBufferEmittedCount : 0,
-            });
-        }
-        if (s.type === "inbound-rtp" && s.kind === "audio") {
-            out.audioLevel = s.audioLevel || 0;
-            out.audioEnergy = s.totalAudioEnergy || 0;
-            out.audioPackets = s.packetsReceived || 0;
-        }
-    });
-    out.state = pc.connectionState;
-    return out;
 }
 
 // -- LiveKit (LiveAvatar, HeyGen v2) ----------------------------------------------------------
