@@ -151,7 +151,7 @@ class _Handler(fakespeech.AudioAnswers, QuietHandler):
             return self.send_json(400, _detail("model_not_found", f"A model with model ID {model} does not exist."))
         if len(text) > MODELS[model]:
             return self.send_json(400, _detail("max_character_limit_exceeded",
-                                           f"You are sending {len(text)} characters; the limit for {model} is {MODELS[model]}."))
+                                               f"You are sending {len(text)} characters; the limit for {model} is {MODELS[model]}."))
         if model == "eleven_v3" and body.get("previous_request_ids"):
             return self.send_json(400, _detail("invalid_request", "Request stitching is not available for eleven_v3."))
         if len(body.get("previous_request_ids") or []) > 3:
@@ -169,6 +169,6 @@ class _Handler(fakespeech.AudioAnswers, QuietHandler):
             starts, ends = fakespeech.char_times(text, rate, speed)
             al = {"characters": list(text), "character_start_times_seconds": starts, "character_end_times_seconds": ends}
             return self.send_json(200, {"audio_base64": base64.b64encode(audio).decode(), "alignment": al,
-                                    "normalized_alignment": al}, headers)
+                                        "normalized_alignment": al}, headers)
         ctype = "audio/mpeg" if kind == "mp3" else "application/octet-stream"
         self.send_chunked(200, audio, ctype, headers, stall=stall)
