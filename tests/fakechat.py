@@ -105,8 +105,8 @@ class _Handler(QuietHandler):
             return
         if not body.get("stream"):
             return self.send_json(200, {"id": "chatcmpl-fake", "object": "chat.completion", "model": body["model"],
-                                    "choices": [{"index": 0, "message": {"role": "assistant", "content": reply},
-                                                 "finish_reason": "stop"}]})
+                                        "choices": [{"index": 0, "message": {"role": "assistant", "content": reply},
+                                                     "finish_reason": "stop"}]})
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Transfer-Encoding", "chunked")
