@@ -38,7 +38,7 @@ class _ApiStreamingVoice:
     _clients: _PerThreadClient
     opts: object
 
-    def _init_cost(self) -> None:
+    def __init__(self) -> None:
         self.cost_usd = 0.0
         self._lock = threading.Lock()
 
@@ -82,7 +82,7 @@ class OpenAIStreamingVoice(_ApiStreamingVoice):
                                                                 speed=speed, instructions=instructions))
         self.sample_rate = int(first.rules["pcm_sample_rate"])
         self.name = f"OpenAI {self.opts.model} ({self.opts.voice})"
-        self._init_cost()
+        super().__init__()
 
 class ElevenLabsStreamingVoice(_ApiStreamingVoice):
     """ElevenLabs' ``/stream`` endpoint with a ``pcm_<rate>`` output format."""
@@ -101,4 +101,4 @@ class ElevenLabsStreamingVoice(_ApiStreamingVoice):
         self.opts = opts
         self.sample_rate = rate
         self.name = f"ElevenLabs {model_id} ({voice_id})"
-        self._init_cost()
+        super().__init__()
