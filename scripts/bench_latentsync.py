@@ -22,6 +22,7 @@ import functools
 import json
 import os
 import resource
+import shutil
 import sys
 import tempfile
 import time
@@ -212,6 +213,7 @@ def run_reference(ref_dir: Path, models: P.LatentSyncModels, frames: np.ndarray,
     finally:
         vae.encode, vae.decode = real_enc, real_dec
         AlignRestore.restore_img, AlignRestore.align_warp_face = real_restore, real_warp
+        shutil.rmtree(work, ignore_errors=True)
     n = len(out)
     return {k: round(1000 * v / n, 2) for k, v in t.items() if k not in ("tracking", "audio_features")}, out
 

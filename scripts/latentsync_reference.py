@@ -458,6 +458,24 @@ def _pe_for(name: str, model_on_meta) -> torch.Tensor:
     return PositionalEncoding(shape[2], shape[1]).pe
 
 
+def run_media_checks(args: argparse.Namespace, checks: list[str], work: Path, out: dict[str, np.ndarray]) -> None:
+    """The checks on real media, their scratch files in ``work``."""
+    if "audio" in checks:
+        check_audio(work, out, read_wav_16k(TESTDATA / "yongen.wav"))
+        check_audio(work, out, read_wav_16k(TESTDATA / "eng.wav", 33.0), "_long")  # two 30 s segments
+    if "align" in checks or "e2e" in checks:
+        clip = read_frames(TESTDATA / "d20.mp4", 32)
+        points = face_points(clip)
+    if "align" in checks:
+        for res in (512, 256):
+            check_align(clip, points, res, out)
+    if "e2e" in checks:
+        check_e2e(args.reference, work, clip, points, None, 256, out, "_standin")
+        if args.real_mask_512:
+            mask = args.mask or args.reference / "latentsync" / "utils" / "mask.png"
+            check_e2e(args.reference, work, clip, points, mask, 512, {}, "_mask512")  # not for the fixture
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--reference", type=Path, required=True, help="a checkout of bytedance/LatentSync")
@@ -481,21 +499,8 @@ def main() -> None:
         check_unet(args.full_unet, out)
     if "deepcache" in checks:
         check_deepcache(args.reference, out)
-    work = Path(tempfile.mkdtemp(prefix="latentsync-ref-"))
-    if "audio" in checks:
-        check_audio(work, out, read_wav_16k(TESTDATA / "yongen.wav"))
-        check_audio(work, out, read_wav_16k(TESTDATA / "eng.wav", 33.0), "_long")  # two 30 s segments
-    if "align" in checks or "e2e" in checks:
-        clip = read_frames(TESTDATA / "d20.mp4", 32)
-        points = face_points(clip)
-    if "align" in checks:
-        for res in (512, 256):
-            check_align(clip, points, res, out)
-    if "e2e" in checks:
-        check_e2e(args.reference, work, clip, points, None, 256, out, "_standin")
-        if args.real_mask_512:
-            mask = args.mask or args.reference / "latentsync" / "utils" / "mask.png"
-            check_e2e(args.reference, work, clip, points, mask, 512, {}, "_mask512")  # not for the fixture
+    with tempfile.TemporaryDirectory(prefix="latentsync-ref-") as tmp:
+        run_media_checks(args, checks, Path(tmp), out)
     if args.write_fixture:
         args.write_fixture.parent.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(args.write_fixture, **out)

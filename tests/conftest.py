@@ -3,7 +3,9 @@ switches that make this machine take the numeric paths of another CPU (docs/DEVE
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -26,6 +28,13 @@ if mkldnn_off():
     torch.backends.mkldnn.enabled = False
 
 
+def _free_tmp_gib() -> float:
+    return shutil.disk_usage(tempfile.gettempdir()).free / 2**30
+
+
+_FREE_AT_START = _free_tmp_gib()
+
+
 def pytest_terminal_summary(terminalreporter) -> None:
     """Which numeric paths this run took, so a CI log (even with -q) says what was exercised."""
     import torch
@@ -33,6 +42,9 @@ def pytest_terminal_summary(terminalreporter) -> None:
     switches = ", ".join(f"{k}={os.environ[k]}" for k in SWITCHES if k in os.environ) or "none"
     terminalreporter.write_line(f"cpu paths: ATen {torch.backends.cpu.get_cpu_capability()}, oneDNN "
                                 f"{'on' if torch.backends.mkldnn.enabled else 'off'}; switches: {switches}")
+    # The free space where the tests write, so a log of 'No space left on device' errors says why.
+    terminalreporter.write_line(f"temporary folder: {_FREE_AT_START:.1f} GiB free at the start, "
+                                f"{_free_tmp_gib():.1f} GiB at the end")
 
 
 @pytest.fixture(scope="session")
