@@ -40,25 +40,25 @@ import numpy as np
 
 from ..engine.live.backend import Check, NeedsPage
 from .avatar_common import as_ended, base_url as _base_url, ended_error, rules
-from .http import ApiError, HttpClient, RetryPolicy, guarded
-from .keys import resolve_api_key
+from .api_key_client import ApiKeyClient
+from .http import ApiError, RetryPolicy, guarded
 from .liveavatar import explain
 from .prices import streaming_avatar_cost
 
 log = logging.getLogger("DigitalHuman.did")
 
 
-class DIDStreams(HttpClient):
+class DIDStreams(ApiKeyClient):
     """REST client of D-ID's images, audios and talks streams."""
 
     service = "D-ID"
+    auth_scheme = "Basic "  # the key exactly as D-ID issues it (already encoded)
 
     def __init__(self, api_key: str | None = None, base_url: str | None = None, *, user_dir: str | None = None,
                  check_interrupt: Callable[[], None] | None = None, retry: RetryPolicy | None = None, **kw):
         self.rules = rules("did")
-        key = resolve_api_key(api_key, self.rules["key_env"], user_dir, service="D-ID")
-        super().__init__(_base_url(self.rules, base_url), headers={"Authorization": f"Basic {key}", "Accept": "application/json"},
-                         secrets=[key], check_interrupt=check_interrupt, retry=retry,
+        super().__init__(_base_url(self.rules, base_url), api_key, self.rules["key_env"], user_dir=user_dir,
+                         headers={"Accept": "application/json"}, check_interrupt=check_interrupt, retry=retry,
                          read_timeout_s=kw.pop("read_timeout_s", 60.0), **kw)
 
     @guarded

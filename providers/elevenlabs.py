@@ -34,8 +34,8 @@ from ..engine.speech.join import PieceAudio, pause_seconds, silence
 from ..engine.speech.pcm import Pcm16Stream, decode_audio
 from ..engine.speech.sentences import Plan, char_budget, plan_pieces
 from ..engine.speech.types import CharTimestamps, SpeechChunk, SpeechResult
-from .http import ApiError, HttpClient, RetryPolicy
-from .keys import resolve_api_key
+from .api_key_client import ApiKeyClient
+from .http import ApiError, RetryPolicy
 from .prices import SpeechPrice, elevenlabs_speech_cost
 from .speech_base import SpeechStream, guarded, iter_body, synthesize_plan
 
@@ -88,17 +88,17 @@ class ElevenLabsOptions:
     extra: dict = field(default_factory=dict)  # further documented body fields, sent as given
 
 
-class ElevenLabs(HttpClient):
+class ElevenLabs(ApiKeyClient):
     """Client of the text-to-speech API. The key comes from ``ELEVENLABS_API_KEY`` or the key file."""
 
     service = "ElevenLabs"
+    auth_header, auth_scheme = "xi-api-key", ""
 
     def __init__(self, api_key: str | None = None, base_url: str | None = None, *, user_dir: str | None = None,
                  check_interrupt: Callable[[], None] | None = None, read_timeout_s: float = 120.0,
                  retry: RetryPolicy | None = None, **kw):
-        key = resolve_api_key(api_key, "ELEVENLABS_API_KEY", user_dir, service="ElevenLabs")
         url = base_url or os.environ.get("ELEVENLABS_BASE_URL", "").strip() or DEFAULT_BASE_URL
-        super().__init__(url, headers={"xi-api-key": key}, secrets=[key], check_interrupt=check_interrupt,
+        super().__init__(url, api_key, "ELEVENLABS_API_KEY", user_dir=user_dir, check_interrupt=check_interrupt,
                          read_timeout_s=read_timeout_s, retry=retry, **kw)
         self.rules = rules()
         self._voices: list[dict] | None = None

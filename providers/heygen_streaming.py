@@ -33,25 +33,25 @@ import numpy as np
 
 from ..engine.live.backend import Check
 from .avatar_common import as_ended, base_url as _base_url, ended_error, envelope_data, rules
+from .api_key_client import ApiKeyClient
 from .http import ApiError, HttpClient, RetryPolicy, guarded
-from .keys import resolve_api_key
 from .liveavatar import explain
 from .prices import streaming_avatar_cost
 
 log = logging.getLogger("DigitalHuman.heygen")
 
 
-class HeyGenStreaming(HttpClient):
+class HeyGenStreaming(ApiKeyClient):
     """The API-key side: mint the session token (``streaming.create_token``)."""
 
     service = "HeyGen"
+    auth_header, auth_scheme = "X-Api-Key", ""
 
     def __init__(self, api_key: str | None = None, base_url: str | None = None, *, user_dir: str | None = None,
                  check_interrupt: Callable[[], None] | None = None, retry: RetryPolicy | None = None, **kw):
         self.rules = rules("heygen")
-        key = resolve_api_key(api_key, self.rules["key_env"], user_dir, service="HeyGen")
-        super().__init__(_base_url(self.rules, base_url), headers={"X-Api-Key": key, "Accept": "application/json"},
-                         secrets=[key], check_interrupt=check_interrupt, retry=retry,
+        super().__init__(_base_url(self.rules, base_url), api_key, self.rules["key_env"], user_dir=user_dir,
+                         headers={"Accept": "application/json"}, check_interrupt=check_interrupt, retry=retry,
                          read_timeout_s=kw.pop("read_timeout_s", 30.0), **kw)
 
     @guarded

@@ -56,8 +56,8 @@ import numpy as np
 from ..engine.live.backend import Check, NeedsPage, ProviderSessionEnded
 from ..engine.speech.pcm_chunks import Pcm16Chunker
 from .avatar_common import as_ended, base_url, ended_error, envelope_data, rules
+from .api_key_client import ApiKeyClient
 from .http import ApiError, HttpClient, RetryPolicy, guarded
-from .keys import resolve_api_key
 from .prices import streaming_avatar_cost
 
 log = logging.getLogger("DigitalHuman.liveavatar")
@@ -116,18 +116,19 @@ class StartedSession:
     extra: dict = field(default_factory=dict)
 
 
-class LiveAvatar(HttpClient):
+class LiveAvatar(ApiKeyClient):
     """The API-key side: mint session tokens, list avatars and voices."""
 
     service = "LiveAvatar"
+    auth_header, auth_scheme = "X-API-KEY", ""
 
     def __init__(self, api_key: str | None = None, base_url: str | None = None, *, user_dir: str | None = None,
                  check_interrupt: Callable[[], None] | None = None, retry: RetryPolicy | None = None,
                  read_timeout_s: float = 30.0, **kw):
         self.rules = rules("liveavatar")
-        key = resolve_api_key(api_key, self.rules["key_env"], user_dir, service="LiveAvatar")
-        super().__init__(_base(self.rules, base_url), headers={"X-API-KEY": key, "Accept": "application/json"},
-                         secrets=[key], check_interrupt=check_interrupt, retry=retry, read_timeout_s=read_timeout_s, **kw)
+        super().__init__(_base(self.rules, base_url), api_key, self.rules["key_env"], user_dir=user_dir,
+                         headers={"Accept": "application/json"}, check_interrupt=check_interrupt, retry=retry,
+                         read_timeout_s=read_timeout_s, **kw)
 
     def _data(self, body: Any, where: str) -> Any:
         return envelope_data(self, body, where, self.rules["success_codes"])

@@ -6,25 +6,22 @@ from __future__ import annotations
 import os
 from typing import Callable
 
-from .http import HttpClient, RetryPolicy
-from .keys import resolve_api_key
+from .api_key_client import ApiKeyClient
+from .http import RetryPolicy
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
 
-class OpenAIClient(HttpClient):
-    """An :class:`HttpClient` authorised for OpenAI's API (or a compatible server at ``base_url``)."""
+class OpenAIClient(ApiKeyClient):
+    """An :class:`ApiKeyClient` authorised for OpenAI's API (or a compatible server at ``base_url``)."""
 
     service = "OpenAI"
 
     def __init__(self, api_key: str | None = None, base_url: str | None = None, *, user_dir: str | None = None,
                  check_interrupt: Callable[[], None] | None = None, read_timeout_s: float = 120.0,
                  retry: RetryPolicy | None = None, **kw):
-        key = resolve_api_key(api_key, "OPENAI_API_KEY", user_dir, service="OpenAI")
         url = base_url or os.environ.get("OPENAI_BASE_URL", "").strip() or DEFAULT_BASE_URL
-        headers = {"Authorization": f"Bearer {key}"}
         org = os.environ.get("OPENAI_ORGANIZATION", "").strip()
-        if org:
-            headers["OpenAI-Organization"] = org
-        super().__init__(url, headers=headers, secrets=[key], check_interrupt=check_interrupt,
+        super().__init__(url, api_key, "OPENAI_API_KEY", user_dir=user_dir,
+                         headers={"OpenAI-Organization": org} if org else None, check_interrupt=check_interrupt,
                          read_timeout_s=read_timeout_s, retry=retry, **kw)

@@ -245,3 +245,34 @@ def test_every_client_checks_its_key_from_env_file_and_argument(slip, monkeypatc
             cls(api_key=bad, base_url="http://127.0.0.1:9")
         good = cls(api_key=f" {fake_key('ok')}\n", base_url="http://127.0.0.1:9")
         assert fake_key("ok") in good.secrets() and all(s == s.strip() for s in good.secrets())
+
+
+# Each API's documented auth header (the contracts in each client's docstring), the variable its key
+# comes from, and the client; the key travels in exactly that form and is a secret of the client.
+AUTH_FORMS = [
+    ("openai_base", "OpenAIClient", "OPENAI_API_KEY", "Authorization", "Bearer {}"),
+    ("elevenlabs", "ElevenLabs", "ELEVENLABS_API_KEY", "xi-api-key", "{}"),
+    ("liveavatar", "LiveAvatar", "LIVEAVATAR_API_KEY", "X-API-KEY", "{}"),
+    ("heygen_streaming", "HeyGenStreaming", "HEYGEN_API_KEY", "X-Api-Key", "{}"),
+    ("did_streams", "DIDStreams", "DID_API_KEY", "Authorization", "Basic {}"),
+]
+
+
+@pytest.mark.parametrize("module,cls,env,header,form", AUTH_FORMS, ids=[f[1] for f in AUTH_FORMS])
+def test_each_api_key_client_sends_its_key_in_the_documented_header(module, cls, env, header, form, tmp_path,
+                                                                     monkeypatch):
+    import importlib
+
+    client_cls = getattr(importlib.import_module(f"comfyui_digitalhuman.providers.{module}"), cls)
+    key = fake_key(cls)
+    monkeypatch.setenv(env, key)
+    client = client_cls(user_dir=str(tmp_path))
+    assert client.session.headers[header] == form.format(key)
+    assert client.key_env == env
+    assert key in client.secrets()
+    assert key not in client.redact(f"the server said: {header}: {form.format(key)}")
+
+    monkeypatch.delenv(env)
+    with pytest.raises(MissingKeyError) as ei:
+        client_cls(user_dir=str(tmp_path))
+    assert env in str(ei.value) and client_cls.service in str(ei.value)
