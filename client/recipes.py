@@ -8,13 +8,12 @@ row is usable only when the target ComfyUI has every node it names (:func:`insta
 from __future__ import annotations
 
 import copy
-import json
 import random
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from ..engine.data_files import read_json, without_notes
 from .launch import PACK_ROOT
 from .workflows import FilePolicy, PreparedPrompt, UsageError, find_node, load_workflow, local_file, split_override
 
@@ -23,17 +22,9 @@ VIDEO_FIELDS = ("portrait", "script", "speech", "voice", "driving_video", "quali
 AVATAR_FIELDS = ("description", "gender", "age_range", "preset", "attire", "background")
 
 
-@lru_cache(maxsize=8)
-def _read_table(path: str) -> dict:
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise RuntimeError(f"tool table {path} could not be read: {exc}") from None
-
-
 def load_table(path: str | Path | None = None) -> dict:
     """The parsed table (a copy, so callers may not change the cached one)."""
-    return copy.deepcopy(_read_table(str(path or TABLE_FILE)))
+    return copy.deepcopy(read_json(path or TABLE_FILE, "tool table"))
 
 
 def installed(row: dict, object_info: dict | None) -> bool:
@@ -45,7 +36,7 @@ def installed(row: dict, object_info: dict | None) -> bool:
 
 def items(section: dict) -> dict:
     """A table section without its ``_about`` notes."""
-    return {k: v for k, v in section.items() if not k.startswith("_")}
+    return without_notes(section)
 
 
 # -- make_video ---------------------------------------------------------------------------------

@@ -67,12 +67,10 @@ def saved_voices() -> list[str]:
 
 def builtin_voices() -> dict:
     """``data/cosyvoice_voices.json``: voices cloned once from a published clip and its transcript."""
-    import json
-
+    from ..engine.data_files import read_json, without_notes
     from ..model_loaders.folders import PACK_ROOT
 
-    data = json.loads((PACK_ROOT / "data" / "cosyvoice_voices.json").read_text(encoding="utf-8"))
-    return {k: v for k, v in data.items() if not k.startswith("_")}
+    return without_notes(read_json(PACK_ROOT / "data" / "cosyvoice_voices.json", "built-in CosyVoice voices"))
 
 
 def builtin_voice(name: str):

@@ -7,13 +7,11 @@ engine's :class:`~..engine.live.remote.RemoteSession` drives; the engine never i
 """
 from __future__ import annotations
 
-import copy
-import json
 import os
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from ..engine.data_files import data_section
 from ..engine.live.backend import ProviderSessionEnded
 from .http import ApiError, HttpClient
 
@@ -25,20 +23,9 @@ _ENDED_HINTS = ("not in correct state", "session not found", "session has ended"
                 "session closed", "no active session", "stream not found", "session expired", "unknown session")
 
 
-@lru_cache(maxsize=4)
-def _load(path: str) -> dict:
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise RuntimeError(f"streaming-avatar settings {path} could not be read: {exc}") from None
-
-
 def rules(section: str, path: str | Path | None = None) -> dict[str, Any]:
     """A copy of one section of ``data/streaming_avatars.json`` ("session", "liveavatar", "heygen", "did")."""
-    data = _load(str(path or RULES_FILE))
-    if section not in data:
-        raise KeyError(f"{path or RULES_FILE} has no section '{section}'")
-    return {k: copy.deepcopy(v) for k, v in data[section].items() if not k.startswith("_")}
+    return data_section(path or RULES_FILE, section, "streaming-avatar settings")
 
 
 def base_url(section: dict, given: str | None) -> str:

@@ -1,25 +1,20 @@
 """Cost estimates from the price table ``data/prices.json`` (kept as data so it is easy to update)."""
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
+
+from ..engine.data_files import read_json
 
 log = logging.getLogger("DigitalHuman.prices")
 
 PRICES_FILE = Path(__file__).resolve().parents[1] / "data" / "prices.json"
 
 
-@lru_cache(maxsize=4)
 def load_prices(path: str | None = None) -> dict:
     """The parsed price table (cached); ``path`` overrides the pack's ``data/prices.json``."""
-    p = Path(path) if path else PRICES_FILE
-    try:
-        return json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise RuntimeError(f"price table {p} could not be read: {exc}") from None
+    return read_json(path or PRICES_FILE, "price table")
 
 
 @dataclass

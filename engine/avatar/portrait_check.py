@@ -11,13 +11,14 @@ in degrees. Only these attributes are read, so any object with them works.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import cv2
 import numpy as np
+
+from ..data_files import read_json, without_notes
 
 THRESHOLDS_FILE = Path(__file__).resolve().parents[2] / "data" / "portrait_check.json"
 CHIN = 152  # MediaPipe face-mesh index of the lowest chin point
@@ -27,8 +28,8 @@ PASS, WARN, FAIL, SKIP = "pass", "warn", "fail", "skip"
 
 def load_thresholds(path: str | Path | None = None) -> dict[str, float]:
     """Threshold name -> value from the data file (the 'meaning' texts stay in the file)."""
-    raw = json.loads(Path(path or THRESHOLDS_FILE).read_text(encoding="utf-8"))
-    return {k: float(v["value"]) for k, v in raw.items() if not k.startswith("_")}
+    raw = read_json(path or THRESHOLDS_FILE, "portrait-check thresholds")
+    return {k: float(v["value"]) for k, v in without_notes(raw).items()}
 
 
 @dataclass

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+from ..data_files import read_json
+
 log = logging.getLogger("DigitalHuman.avatar")
 
 TEMPLATE_FILE = Path(__file__).resolve().parents[2] / "data" / "portrait_prompt.json"
@@ -31,7 +33,7 @@ class PortraitPrompt:
 def load_template(path: str | Path | None = None, extra_preset_files: Iterable[str | Path] = ()) -> dict:
     """The template data with user presets merged in; a bad user file is an error naming it."""
     p = Path(path) if path else TEMPLATE_FILE
-    data = json.loads(p.read_text(encoding="utf-8"))
+    data = copy.deepcopy(read_json(p, "portrait prompt template"))  # user presets are merged into it
     for extra in extra_preset_files:
         extra = Path(extra)
         if not extra.is_file():

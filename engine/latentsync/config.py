@@ -2,18 +2,17 @@
 from __future__ import annotations
 
 import copy
-import json
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
+
+from ..data_files import read_json
 
 CONFIG_PATH = Path(__file__).resolve().parent / "latentsync.json"
 VERSIONS = ("1.6", "1.5")
 
 
-@lru_cache(maxsize=1)
 def _load() -> dict[str, Any]:
-    return json.loads(CONFIG_PATH.read_text(encoding="utf-8"))
+    return read_json(CONFIG_PATH, "LatentSync configuration")
 
 
 def load_config() -> dict[str, Any]:

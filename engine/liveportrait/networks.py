@@ -5,7 +5,6 @@ Shapes in the comments are for the published configuration and a 256x256 input.
 from __future__ import annotations
 
 import json
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data_files import read_json
 from .blocks import (MLP, ChannelLayerNorm, ConvNeXtBlock, ConvNormAct, Hourglass, ResBlock3d,
                      SPADEResBlock, coordinate_grid, keypoint_gaussians)
 
@@ -21,11 +21,9 @@ NETWORK_NAMES = ("appearance_feature_extractor", "motion_extractor", "warping_mo
                  "spade_generator", "stitching_retargeting_module")
 
 
-@lru_cache(maxsize=1)
 def default_config() -> dict[str, Any]:
-    """The published hyper-parameters (read once from ``models.json``)."""
-    with open(CONFIG_PATH, encoding="utf-8") as f:
-        return json.load(f)
+    """The published hyper-parameters (read once from ``models.json``; shared, so never changed)."""
+    return read_json(CONFIG_PATH, "LivePortrait configuration")
 
 
 def small_config() -> dict[str, Any]:
