@@ -1,6 +1,7 @@
 """What the streaming-avatar clients (LiveAvatar, HeyGen, D-ID) share: their rules from
-``data/streaming_avatars.json``, the base URL, the ``{code, data, message}`` success envelope, and
-the error a backend raises when the provider says its session is over.
+``data/streaming_avatars.json``, the base URL, the ``{code, data, message}`` success envelope, the
+error a backend raises when the provider says its session is over, what to do about a refused
+call, and the backends' common state (:class:`ProviderBackend`).
 
 The backends here implement the protocol :class:`~..engine.live.backend.AvatarBackend` that the
 engine's :class:`~..engine.live.remote.RemoteSession` drives; the engine never imports them.
@@ -8,8 +9,9 @@ engine's :class:`~..engine.live.remote.RemoteSession` drives; the engine never i
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..engine.data_files import data_section
 from ..engine.live.backend import ProviderSessionEnded
@@ -59,3 +61,40 @@ def ended_error(exc: BaseException) -> bool:
 
 def as_ended(exc: ApiError, provider: str) -> ProviderSessionEnded:
     return ProviderSessionEnded(f"{provider} ended the session: {exc.api_message}")
+
+
+def explain(exc: ApiError, key_env: str) -> ApiError:
+    """``exc`` with what to do about it: a refused key, no credits, an unknown avatar."""
+    text = exc.api_message
+    low = f"{text} {exc.code or ''}".lower()
+    if exc.status in (401, 403) and "credit" not in low:
+        hint = f" - the key was refused: check {key_env} (or its entry in the key file)"
+    elif exc.status == 402 or "credit" in low or "quota" in low or "balance" in low:
+        hint = " - the account has no credits left for a session: top up, or try the sandbox avatar"
+    elif "avatar" in low and (exc.status in (400, 404, 422) or "not found" in low):
+        hint = " - no such avatar: the List Avatars node lists yours and the public ones"
+    else:
+        hint = ""
+    return ApiError(exc.service, exc.status, text + hint, err_type=exc.err_type, code=exc.code, url=exc.url,
+                    attempts=exc.attempts, request_id=exc.request_id)
+
+
+class ProviderBackend:
+    """What each streaming-avatar backend holds before its own state: its section of the rules
+    (``provider`` names it), the callbacks :class:`~..engine.live.remote.RemoteSession` binds, and
+    the lock that orders its calls from the session and the pages."""
+
+    provider = ""
+
+    def __init__(self) -> None:
+        self.rules = rules(self.provider)
+        self.emit: Callable[..., int] = lambda *a, **k: 0
+        self.ended: Callable[[str], None] = lambda why: None
+        self._lock = threading.Lock()
+
+    def bind(self, emit: Callable[..., int], ended: Callable[[str], None]) -> None:
+        self.emit, self.ended = emit, ended
+
+    def explained(self, exc: ApiError) -> ApiError:
+        """``exc`` with what to do about it, naming this provider's key variable."""
+        return explain(exc, self.rules["key_env"])

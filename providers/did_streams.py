@@ -32,17 +32,15 @@ from __future__ import annotations
 
 import io
 import logging
-import threading
 import wave
 from typing import Any, Callable, Iterator
 
 import numpy as np
 
 from ..engine.live.backend import Check, NeedsPage
-from .avatar_common import as_ended, base_url as _base_url, ended_error, rules
+from .avatar_common import ProviderBackend, as_ended, base_url as _base_url, ended_error, rules
 from .api_key_client import ApiKeyClient
 from .http import ApiError, RetryPolicy, guarded
-from .liveavatar import explain
 from .prices import streaming_avatar_cost
 
 log = logging.getLogger("DigitalHuman.did")
@@ -123,7 +121,7 @@ def wav_bytes(samples: np.ndarray, rate: int) -> bytes:
     return buf.getvalue()
 
 
-class DIDBackend:
+class DIDBackend(ProviderBackend):
     """A D-ID talks stream for :class:`~..engine.live.remote.RemoteSession` (media: the page answers
     D-ID's WebRTC offer; our server relays the answer and candidates with the key)."""
 
@@ -136,7 +134,7 @@ class DIDBackend:
 
     def __init__(self, *, portrait_png: bytes | None = None, source_url: str = "", voice: dict | None = None,
                  api_key: str | None = None, base_url_: str | None = None, user_dir: str | None = None):
-        self.rules = rules("did")
+        super().__init__()
         if not portrait_png and not (source_url or "").strip():
             raise ValueError("D-ID needs a portrait: connect an IMAGE (it is uploaded to D-ID) or give a source_url")
         self.label = "D-ID"
@@ -148,12 +146,6 @@ class DIDBackend:
         self.answered = False
         self.connected = False  # the page reported its peer connection up: talks can be seen
         self.viewer = ""  # the page whose peer answers the current stream
-        self.emit: Callable[..., int] = lambda *a, **k: 0
-        self.ended: Callable[[str], None] = lambda why: None
-        self._lock = threading.Lock()
-
-    def bind(self, emit, ended) -> None:
-        self.emit, self.ended = emit, ended
 
     @property
     def _ids(self) -> tuple[str, str]:
@@ -167,7 +159,7 @@ class DIDBackend:
             self.stream = self.api.create_stream(self.source_url, bool(self.rules["stream_warmup"]))
         except ApiError as exc:
             self.stream = None
-            raise explain(exc, self.rules["key_env"]) from None
+            raise self.explained(exc) from None
         self.answered = self.connected = False
 
     def open(self, check: Check) -> dict:
@@ -176,7 +168,7 @@ class DIDBackend:
             try:
                 self.source_url = self.api.upload_image(self.portrait)
             except ApiError as exc:
-                raise explain(exc, self.rules["key_env"]) from None
+                raise self.explained(exc) from None
         self._new_stream(check)
         return {"source": "uploaded portrait" if self.portrait else "source_url", "voice": self.voice.get("voice_id", ""),
                 "provider_session": self._ids[0]}

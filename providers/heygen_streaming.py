@@ -26,16 +26,14 @@ Keys come from ``HEYGEN_API_KEY`` or the key file; ``HEYGEN_BASE_URL`` points el
 from __future__ import annotations
 
 import logging
-import threading
 from typing import Any, Callable, Iterator
 
 import numpy as np
 
 from ..engine.live.backend import Check
-from .avatar_common import as_ended, base_url as _base_url, ended_error, envelope_data, rules
+from .avatar_common import ProviderBackend, as_ended, base_url as _base_url, ended_error, envelope_data, rules
 from .api_key_client import ApiKeyClient
 from .http import ApiError, HttpClient, RetryPolicy, guarded
-from .liveavatar import explain
 from .prices import streaming_avatar_cost
 
 log = logging.getLogger("DigitalHuman.heygen")
@@ -141,7 +139,7 @@ class HeyGenSession(HttpClient):
         self._call("v1/streaming.stop", {"session_id": self.session_id}, "stop session")
 
 
-class HeyGenBackend:
+class HeyGenBackend(ProviderBackend):
     """A HeyGen streaming session (v2, LiveKit) for :class:`~..engine.live.remote.RemoteSession`."""
 
     provider = "heygen"
@@ -154,7 +152,7 @@ class HeyGenBackend:
                  knowledge_base: str = "", encoding: str = "H264", idle_timeout_s: int | None = None,
                  api_key: str | None = None, base_url_: str | None = None, user_dir: str | None = None,
                  plan: str | None = None):
-        self.rules = rules("heygen")
+        super().__init__()
         self.label = "HeyGen (legacy)"
         self.keep_alive_s = float(self.rules["keep_alive_s"])
         self.args = dict(avatar=avatar, quality=quality, voice_id=voice_id, language=language,
@@ -163,12 +161,6 @@ class HeyGenBackend:
         self.api = HeyGenStreaming(api_key, base_url_, user_dir=user_dir)
         self.session: HeyGenSession | None = None
         self.room: dict = {}
-        self.emit: Callable[..., int] = lambda *a, **k: 0
-        self.ended: Callable[[str], None] = lambda why: None
-        self._lock = threading.Lock()
-
-    def bind(self, emit, ended) -> None:
-        self.emit, self.ended = emit, ended
 
     def open(self, check: Check) -> dict:
         self.api.check_interrupt = check
@@ -182,7 +174,7 @@ class HeyGenBackend:
             if self.session is not None and self.session.session_id:
                 self.close("start failed")
             if isinstance(exc, ApiError):
-                raise explain(exc, self.rules["key_env"]) from None
+                raise self.explained(exc) from None
             raise
         return {"avatar": self.args["avatar"] or self.rules["default_avatar"], "quality": self.args["quality"],
                 "provider_session": self.session.session_id,

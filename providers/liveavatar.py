@@ -55,7 +55,7 @@ import numpy as np
 
 from ..engine.live.backend import Check, NeedsPage, ProviderSessionEnded
 from ..engine.speech.pcm_chunks import Pcm16Chunker
-from .avatar_common import as_ended, base_url, ended_error, envelope_data, rules
+from .avatar_common import ProviderBackend, as_ended, base_url, ended_error, envelope_data, rules
 from .api_key_client import ApiKeyClient
 from .http import ApiError, HttpClient, RetryPolicy, guarded
 from .prices import streaming_avatar_cost
@@ -337,7 +337,7 @@ class LiteSocket:
 
 # -- the backend ----------------------------------------------------------------------------------
 
-class LiveAvatarBackend:
+class LiveAvatarBackend(ProviderBackend):
     """FULL or LITE LiveAvatar session for :class:`~..engine.live.remote.RemoteSession`."""
 
     provider = "liveavatar"
@@ -346,8 +346,8 @@ class LiveAvatarBackend:
 
     def __init__(self, config: LiveAvatarConfig, *, api_key: str | None = None, base_url_: str | None = None,
                  user_dir: str | None = None, plan: str | None = None):
+        super().__init__()
         self.config = config.checked()
-        self.rules = rules("liveavatar")
         self.lite = self.config.mode == "LITE"
         self.label = f"LiveAvatar {self.config.mode}" + (" (sandbox)" if self.config.sandbox else "")
         self.modes = ("repeat", "chat", "audio") if self.lite else ("repeat", "chat")
@@ -358,15 +358,9 @@ class LiveAvatarBackend:
         self.session: LiveAvatarSessionApi | None = None
         self.started: StartedSession | None = None
         self.socket: LiteSocket | None = None
-        self.emit: Callable[..., int] = lambda *a, **k: 0
-        self.ended: Callable[[str], None] = lambda why: None
         self.page_in_room = False
         self.relay_viewer = ""  # the page that publishes FULL mode's commands into the room (the last to join it)
         self._speaking: dict[str, threading.Event] = {}
-        self._lock = threading.Lock()
-
-    def bind(self, emit, ended) -> None:
-        self.emit, self.ended = emit, ended
 
     # -- life ----------------------------------------------------------------------------
     def open(self, check: Check) -> dict:
@@ -374,7 +368,7 @@ class LiveAvatarBackend:
         try:
             sid, token = self.api.create_session_token(self.config)
         except ApiError as exc:
-            raise explain(exc, self.rules["key_env"]) from None
+            raise self.explained(exc) from None
         self.session = self.api.session_api(token)
         self.session.check_interrupt = check
         try:
@@ -385,7 +379,7 @@ class LiveAvatarBackend:
             self.close("the start did not complete")
             self.started = None
             if isinstance(exc, ApiError):
-                raise explain(exc, self.rules["key_env"]) from None
+                raise self.explained(exc) from None
             raise
         if self.lite:
             if not self.started.ws_url:
@@ -534,19 +528,3 @@ class LiveAvatarBackend:
             except Exception as exc:  # noqa: BLE001 (a stop that fails is reported, never raised)
                 log.warning("[DigitalHuman] LiveAvatar: stopping the session failed (it ends by itself after 5 idle "
                             "minutes): %s", self.session.redact(str(exc)))
-
-
-def explain(exc: ApiError, key_env: str) -> ApiError:
-    """``exc`` with what to do about it: a refused key, no credits, an unknown avatar."""
-    text = exc.api_message
-    low = f"{text} {exc.code or ''}".lower()
-    if exc.status in (401, 403) and "credit" not in low:
-        hint = f" - the key was refused: check {key_env} (or its entry in the key file)"
-    elif exc.status == 402 or "credit" in low or "quota" in low or "balance" in low:
-        hint = " - the account has no credits left for a session: top up, or try the sandbox avatar"
-    elif "avatar" in low and (exc.status in (400, 404, 422) or "not found" in low):
-        hint = " - no such avatar: the List Avatars node lists yours and the public ones"
-    else:
-        hint = ""
-    return ApiError(exc.service, exc.status, text + hint, err_type=exc.err_type, code=exc.code, url=exc.url,
-                    attempts=exc.attempts, request_id=exc.request_id)
