@@ -30,7 +30,7 @@ from typing import Callable, Iterator
 from urllib.parse import quote, urlencode
 
 from ..engine.speech.config import section
-from ..engine.speech.join import PieceAudio, pause_seconds, silence
+from ..engine.speech.join import PieceAudio
 from ..engine.speech.pcm import Pcm16Stream, decode_audio
 from ..engine.speech.sentences import Plan, char_budget, plan_pieces
 from ..engine.speech.types import CharTimestamps, SpeechChunk, SpeechResult
@@ -286,16 +286,11 @@ class ElevenLabs(ApiKeyClient):
         stitch = opts.stitching and bool(self.model_rules(opts.model_id).get("stitching"))
         st = SpeechStream(plan, sr)
         state = {"chars": 0, "credits": 0.0, "credits_known": True, "ids": []}
-        pause_table = section("pauses")
 
         def gen() -> Iterator[SpeechChunk]:
-            for i, piece in enumerate(plan.pieces):
-                if self.check_interrupt is not None:
-                    self.check_interrupt()
-                if i > 0 and pauses:
-                    gap = silence(pause_seconds(piece.break_before, pause_table), sr)
-                    if len(gap):
-                        yield SpeechChunk(gap, sr, i, "pause")
+            for i, piece, gap in st.paced(self, pauses):
+                if gap is not None:
+                    yield gap
                 path = self.path(voice_id, opts, "/stream")
                 body = self.body(piece.text, opts, state["ids"] if stitch else None)
                 resp = self.request("POST", path, json_body=body, expect_json=False, stream=True)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 from ..engine.speech.config import section
-from ..engine.speech.join import PieceAudio, pause_seconds, silence
+from ..engine.speech.join import PieceAudio
 from ..engine.speech.pcm import Pcm16Stream, decode_audio
 from ..engine.speech.sentences import Budget, Plan, char_budget, plan_pieces, token_budget
 from ..engine.speech.types import SpeechChunk, SpeechResult
@@ -180,17 +180,12 @@ class OpenAISpeech(OpenAIClient):
             raise ValueError("text: nothing to speak (it is empty or holds only punctuation)")
         sr = int(self.rules["pcm_sample_rate"])
         st = SpeechStream(plan, sr)
-        pause_table = section("pauses")
 
         def gen() -> Iterator[SpeechChunk]:
             usage_known = stream_format == "sse"
-            for i, piece in enumerate(plan.pieces):
-                if self.check_interrupt is not None:
-                    self.check_interrupt()
-                if i > 0 and pauses:
-                    gap = silence(pause_seconds(piece.break_before, pause_table), sr)
-                    if len(gap):
-                        yield SpeechChunk(gap, sr, i, "pause")
+            for i, piece, gap in st.paced(self, pauses):
+                if gap is not None:
+                    yield gap
                 url = f"{self.base_url}/audio/speech"
                 body = self.body(piece.text, opts, "sse" if stream_format == "sse" else None)
                 resp = self.request("POST", "audio/speech", json_body=body, expect_json=False, stream=True)

@@ -19,8 +19,9 @@ from typing import Any, Callable, Iterable, Iterator
 
 import requests
 
-from ..engine.speech.join import PieceAudio, assemble
-from ..engine.speech.sentences import Plan
+from ..engine.speech.config import section
+from ..engine.speech.join import PieceAudio, assemble, pause_seconds, silence
+from ..engine.speech.sentences import Piece, Plan
 from ..engine.speech.types import SpeechChunk, SpeechResult
 from . import http as _http
 from .http import ApiError, HttpClient
@@ -194,6 +195,17 @@ class SpeechStream:
         self.usage: dict[str, Any] = {}
         self.done = False
         self._gen: Iterator[SpeechChunk] | None = None
+
+    def paced(self, client: HttpClient, pauses: bool) -> Iterator[tuple[int, Piece, SpeechChunk | None]]:
+        """Each piece of the plan with its index, after a check for Cancel (``client.check_interrupt``,
+        read anew each time), and the silence to play before it: None for the first piece, with
+        ``pauses`` off, or where the pause table gives none."""
+        table = section("pauses")
+        for i, piece in enumerate(self.plan.pieces):
+            if client.check_interrupt is not None:
+                client.check_interrupt()
+            gap = silence(pause_seconds(piece.break_before, table), self.sample_rate) if i > 0 and pauses else None
+            yield i, piece, SpeechChunk(gap, self.sample_rate, i, "pause") if gap is not None and len(gap) else None
 
     def _start(self, gen: Iterator[SpeechChunk]) -> "SpeechStream":
         self._gen = gen
