@@ -17,7 +17,7 @@ import torch
 
 from ..engine.latentsync import config as LC
 from ..engine.latentsync import pipeline as LP
-from ..engine.media.stream import FrameStream
+from ..engine.media.stream import FrameStream, chunked
 from ..model_loaders.comfy_wrap import PRECISIONS
 from .common import CAT_LIPSYNC, VIDEO_STREAM, Progress, check_interrupt, comfy_to_audio, uint8_to_image
 from .lipsync import _face_analyzer, _frames_of, _input_name, _require_frames
@@ -219,14 +219,7 @@ def _lazy_stream(generate, n_out: int, n25: int, width: int, height: int, fps: f
     """A re-iterable stream whose every read runs the lip sync window by window inside the consumer's loop."""
 
     def open_chunks(chunk: int):
-        buf = []
-        for f in generate(Progress(n25)):
-            buf.append(f)
-            if len(buf) == chunk:
-                yield np.stack(buf)
-                buf = []
-        if buf:
-            yield np.stack(buf)
+        yield from chunked(generate(Progress(n25)), chunk)
 
     return FrameStream(open_chunks, fps, n_out, width, height, name="LatentSync")
 

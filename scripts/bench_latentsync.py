@@ -221,7 +221,7 @@ def run_reference(ref_dir: Path, models: P.LatentSyncModels, frames: np.ndarray,
 def stream_to_mp4(models: P.LatentSyncModels, frames: np.ndarray, seconds: float, opts: P.SyncOptions) -> dict:
     """Speech of ``seconds`` -> MP4 through a lazy stream (as the node's stream output feeds Save Video):
     peak RSS growth must not follow the length."""
-    from comfyui_digitalhuman.engine.media.stream import FrameStream
+    from comfyui_digitalhuman.engine.media.stream import FrameStream, chunked
     from comfyui_digitalhuman.engine.media.video_write import write_mp4
 
     samples = speech(seconds)
@@ -230,14 +230,7 @@ def stream_to_mp4(models: P.LatentSyncModels, frames: np.ndarray, seconds: float
     h, w = frames.shape[1:3]
 
     def chunks(size: int):
-        buf = []
-        for f in P.lip_sync(models, frames, align, samples, opts):
-            buf.append(f)
-            if len(buf) == size:
-                yield np.stack(buf)
-                buf = []
-        if buf:
-            yield np.stack(buf)
+        yield from chunked(P.lip_sync(models, frames, align, samples, opts), size)
 
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with tempfile.TemporaryDirectory() as tmp:

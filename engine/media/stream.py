@@ -207,6 +207,19 @@ class FrameStream:
         return read_chunks_into(self.iter_chunks(32), *shape[:3], progress, out=out)
 
 
+def chunked(frames: Iterable[np.ndarray], size: int) -> Iterator[np.ndarray]:
+    """Single ``[H,W,3]`` frames grouped into ``[n,H,W,3]`` chunks of up to ``size``, as a stream's
+    ``open_chunks`` yields them from a generator that makes one frame at a time."""
+    buf: list[np.ndarray] = []
+    for f in frames:
+        buf.append(f)
+        if len(buf) == size:
+            yield np.stack(buf)
+            buf = []
+    if buf:
+        yield np.stack(buf)
+
+
 def disk_array(shape: tuple[int, ...], folder: str, dtype=np.uint8) -> np.ndarray:
     """A zero-filled array backed by an unnamed temporary file in ``folder`` (removed when the array
     and its views are gone; on POSIX the file has no name from the start)."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -302,18 +302,6 @@ def _speak(models: MuseTalkModels, cache: AvatarCache, windows: audio_mod.AudioW
             progress(start + audio_batch.shape[0], total)
 
 
-def _chunked(frames: Iterable[np.ndarray], size: int) -> Iterator[np.ndarray]:
-    """Group single frames into ``[n,H,W,3]`` chunks of up to ``size``."""
-    buf: list[np.ndarray] = []
-    for f in frames:
-        buf.append(f)
-        if len(buf) == size:
-            yield np.stack(buf)
-            buf = []
-    if buf:
-        yield np.stack(buf)
-
-
 def speak_stream(get_models: Callable[[], MuseTalkModels], cache: AvatarCache, samples_16k: np.ndarray,
                  fps: float = 25.0, batch_size: int = 8, make_progress: Callable[[int], Progress] | None = None,
                  check_interrupt: Interrupt | None = None):
@@ -324,7 +312,7 @@ def speak_stream(get_models: Callable[[], MuseTalkModels], cache: AvatarCache, s
     progress callback, then speaks batch by batch. Memory: the cache (face clip + latents), the
     16 kHz audio and one batch + one chunk of output frames, whatever the audio length.
     """
-    from ..media.stream import FrameStream
+    from ..media.stream import FrameStream, chunked
 
     require_a_face(cache.present, "avatar")
     n_out = audio_mod.frame_count(np.asarray(samples_16k).size, fps)
@@ -334,7 +322,7 @@ def speak_stream(get_models: Callable[[], MuseTalkModels], cache: AvatarCache, s
         progress = make_progress(n_out) if make_progress else None
         frames = speak(get_models(), cache, samples_16k, audio_mod.SAMPLE_RATE, fps, batch_size,
                        progress=progress, check_interrupt=check_interrupt)
-        yield from _chunked(frames, chunk)
+        yield from chunked(frames, chunk)
 
     return FrameStream(open_chunks, fps, n_out, w, h, name="MuseTalk speech")
 

@@ -11,7 +11,7 @@ import torch
 
 from comfyui_digitalhuman.engine.media import video_io
 from comfyui_digitalhuman.engine.media.errors import MediaError
-from comfyui_digitalhuman.engine.media.stream import FrameStream
+from comfyui_digitalhuman.engine.media.stream import FrameStream, chunked
 from comfyui_digitalhuman.engine.media.video_write import write_mp4
 from comfyui_digitalhuman.nodes.common import image_to_uint8
 
@@ -128,3 +128,11 @@ def test_read_all_spills_a_clip_over_budget_to_an_unnamed_file(tmp_path: Path) -
     spilled[0] = 0  # writable like an array (pasting works on it)
     assert spilled[0].max() == 0
     assert type(stream.read_all()) is np.ndarray  # without a folder nothing spills
+
+
+def test_chunked_groups_single_frames_in_order_with_a_short_last_chunk():
+    frames = [np.full((2, 3, 3), i, np.uint8) for i in range(7)]
+    got = list(chunked(iter(frames), 3))
+    assert [c.shape for c in got] == [(3, 2, 3, 3), (3, 2, 3, 3), (1, 2, 3, 3)]
+    assert [int(v) for c in got for v in c[:, 0, 0, 0]] == list(range(7))
+    assert list(chunked(iter(()), 3)) == []
