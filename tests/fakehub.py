@@ -31,12 +31,11 @@ from __future__ import annotations
 
 import hashlib
 import re
-import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from urllib.parse import unquote, urlsplit
 
-from loopback import LoopbackServer, QuietHandler
+from loopback import LoopbackServer, QuietHandler, RequestLog
 
 _INVERT = bytes(range(255, -1, -1))  # maps every byte b to 255 - b (= b ^ 0xFF)
 LFS_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".ckpt", ".onnx", ".tflite")
@@ -88,15 +87,14 @@ class _Repo:
     revisions: set[str] = field(default_factory=lambda: {"main"})
 
 
-class FakeHub:
+class FakeHub(RequestLog):
     """Threaded HTTP servers on 127.0.0.1 (random ports) that behave like the hub and its CDN."""
 
     def __init__(self, commit: str = "0123456789abcdef0123456789abcdef01234567"):
+        super().__init__()
         self.commit = commit
         self.repos: dict[str, _Repo] = {}
-        self.requests: list[Request] = []
         self.renamed: dict[str, str] = {}  # old repo id -> new repo id (answered with 307)
-        self._lock = threading.Lock()
         self._hub: LoopbackServer | None = None
         self._cdn: LoopbackServer | None = None
 
@@ -124,16 +122,6 @@ class FakeHub:
 
     def file(self, repo: str, path: str) -> HubFile:
         return self.repos[repo].files[path]
-
-    # -- bookkeeping ---------------------------------------------------------------------
-    def count(self, method: str | None = None, contains: str = "") -> int:
-        """How many requests matched ``method`` and contain ``contains`` in their path."""
-        with self._lock:
-            return sum(1 for r in self.requests if (method is None or r.method == method) and contains in r.path)
-
-    def reset_log(self) -> None:
-        with self._lock:
-            self.requests.clear()
 
     @property
     def endpoint(self) -> str:
@@ -188,8 +176,7 @@ _RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")
 def _handler(hub: FakeHub, role: str) -> type[BaseHTTPRequestHandler]:
     class Handler(QuietHandler):
         def _record(self) -> None:
-            with hub._lock:
-                hub.requests.append(Request(self.command, self.path, dict(self.headers.items()), role))
+            hub.log(Request(self.command, self.path, dict(self.headers.items()), role))
 
         def do_HEAD(self) -> None:
             self._record()

@@ -25,13 +25,12 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
-from loopback import LoopbackServer, QuietHandler
+from loopback import LoopbackServer, QuietHandler, RequestLog
 
 _INVERT = bytes(range(255, -1, -1))
 GCS_ORIGIN = "https://storage.googleapis.com"
@@ -65,13 +64,12 @@ class Request:
     headers: dict[str, str]
 
 
-class FakeStorage:
+class FakeStorage(RequestLog):
     """A threaded HTTP server on 127.0.0.1 (random port) serving public bucket objects."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.objects: dict[tuple[str, str], list[StoredObject]] = {}
-        self.requests: list[Request] = []
-        self._lock = threading.Lock()
         self._srv: LoopbackServer | None = None
         self._next_generation = 1_700_000_000_000_000
 
@@ -101,15 +99,6 @@ class FakeStorage:
         """``url`` on this server (same path and query)."""
         parts = urlsplit(url)
         return f"{self.origin}{parts.path}" + (f"?{parts.query}" if parts.query else "")
-
-    # -- bookkeeping ---------------------------------------------------------------------
-    def count(self, method: str | None = None, contains: str = "") -> int:
-        with self._lock:
-            return sum(1 for r in self.requests if (method is None or r.method == method) and contains in r.path)
-
-    def reset_log(self) -> None:
-        with self._lock:
-            self.requests.clear()
 
     @property
     def origin(self) -> str:
@@ -161,8 +150,7 @@ def _handler(store: FakeStorage) -> type[BaseHTTPRequestHandler]:
                 self.wfile.write(body)
 
         def _serve(self, head: bool) -> None:
-            with store._lock:
-                store.requests.append(Request(self.command, self.path, dict(self.headers.items())))
+            store.log(Request(self.command, self.path, dict(self.headers.items())))
             parts = urlsplit(self.path)
             bucket, _, name = unquote(parts.path).lstrip("/").partition("/")
             gen = parse_qs(parts.query).get("generation", [None])[0]

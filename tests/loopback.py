@@ -1,6 +1,7 @@
 """What every loopback fake HTTP server of the tests shares: a threaded server on 127.0.0.1 at a
 free port, served from a daemon thread for the life of a ``with`` block, and a quiet handler that
-answers JSON. The fakes (hub, storage, OpenAI, ElevenLabs, chat) add only their API's contract."""
+answers JSON, and a log of the requests a fake answered. The fakes (hub, storage, OpenAI,
+ElevenLabs, chat) add only their API's contract."""
 from __future__ import annotations
 
 import json
@@ -57,3 +58,25 @@ class QuietHandler(BaseHTTPRequestHandler):
             self.send_header(k, v)
         self.end_headers()
         self.wfile.write(raw)
+
+
+class RequestLog:
+    """The requests a fake answered (anything with ``method`` and ``path``), appended from its
+    handler threads under ``_lock``, which the fake may take for its own state too."""
+
+    def __init__(self) -> None:
+        self.requests: list = []
+        self._lock = threading.Lock()
+
+    def log(self, request) -> None:
+        with self._lock:
+            self.requests.append(request)
+
+    def count(self, method: str | None = None, contains: str = "") -> int:
+        """How many requests matched ``method`` and contain ``contains`` in their path."""
+        with self._lock:
+            return sum(1 for r in self.requests if (method is None or r.method == method) and contains in r.path)
+
+    def reset_log(self) -> None:
+        with self._lock:
+            self.requests.clear()
