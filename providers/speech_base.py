@@ -204,8 +204,11 @@ class SpeechStream:
         for i, piece in enumerate(self.plan.pieces):
             if client.check_interrupt is not None:
                 client.check_interrupt()
-            gap = silence(pause_seconds(piece.break_before, table), self.sample_rate) if i > 0 and pauses else None
-            yield i, piece, SpeechChunk(gap, self.sample_rate, i, "pause") if gap is not None and len(gap) else None
+            pause = None
+            if i > 0 and pauses:
+                gap = silence(pause_seconds(piece.break_before, table), self.sample_rate)
+                pause = SpeechChunk(gap, self.sample_rate, i, "pause") if len(gap) else None
+            yield i, piece, pause
 
     def _start(self, gen: Iterator[SpeechChunk]) -> "SpeechStream":
         self._gen = gen
