@@ -4,6 +4,9 @@
 #
 #   bash scripts/dev/check_fresh_install.sh [VENV_DIR]      (default: a new folder under /tmp)
 #
+# The default venv (about 6 GB) and the test data are removed when the script ends, passed or not;
+# a VENV_DIR you name is kept for a rerun.
+#
 # A fresh virtualenv gets exactly what such a user has: the pinned torch set, ComfyUI's own
 # requirements (the ComfyUI of the test suite: $COMFYUI_PATH or .cache/comfyui), the pack's
 # requirements.txt, plus two test tools from requirements-dev.txt: pytest, and onnx (the tests build
@@ -17,6 +20,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PYTHON:-python3}
 work=$(mktemp -d /tmp/dh-fresh-XXXXXX)
+trap 'rm -rf "$work"' EXIT
 VENV=${1:-$work/venv}
 pip_q() { "$VENV/bin/python" -m pip install -q --disable-pip-version-check "$@"; }
 
@@ -55,4 +59,4 @@ COMFYUI_PATH="$comfy" "$VENV/bin/python" -m pytest -q -ra -p no:cacheprovider \
   tests/unit/test_face_models_standalone.py \
   tests/integration/test_face_server.py \
   "tests/integration/test_lipsync_server.py::test_main_job_command_runs_the_talking_head_workflow"
-echo "[fresh] passed: the face nodes and talking_head run from requirements.txt alone (venv kept at $VENV)"
+echo "[fresh] passed: the face nodes and talking_head run from requirements.txt alone"
