@@ -1,7 +1,9 @@
 """One rising progress figure for a queued prompt, from ComfyUI's WebSocket events.
 
 ComfyUI reports which node runs (``executing``), which were taken from its cache
-(``execution_cached``) and, inside long nodes, ``progress`` value/max. Progress here is the number
+(``execution_cached``) and, inside long nodes, ``progress`` value/max. The end is ``executing``
+with no node in the 2024 ComfyUI; today's sends ``execution_success`` first, and a client that
+stops there (``ComfyClient``) never sees the other. Progress here is the number
 of nodes finished plus the running node's fraction, out of the prompt's node count, and never goes
 down (MCP progress notifications must rise; terminal lines should not jump back).
 """
@@ -34,8 +36,7 @@ class PromptProgress:
             if self.current is not None:
                 self.done.add(self.current)
             if node is None:
-                self.done.update(self.prompt)
-                self.current, self.fraction, self.message = None, 0.0, "finished"
+                self._finish()
             else:
                 self.current, self.fraction = str(node), 0.0
                 self.message = node_label(self.prompt, self.current)
@@ -52,7 +53,13 @@ class PromptProgress:
                 self.message = f"{node_label(self.prompt, self.current or '')} {int(val)}/{int(mx)}"
         elif etype == "executed":
             self.done.add(str(data.get("node")))
+        elif etype == "execution_success":
+            self._finish()
         count = len(self.done & set(self.prompt))
         running = self.fraction if self.current is not None and self.current not in self.done else 0.0
         self.value = min(self.total, max(self.value, count + running))
         return (self.value, self.message) != before
+
+    def _finish(self) -> None:
+        self.done.update(self.prompt)
+        self.current, self.fraction, self.message = None, 0.0, "finished"

@@ -196,14 +196,20 @@ def test_parse_check_reads_the_engines_report():
         recipes.parse_check("something else")
 
 
-def test_prompt_progress_rises_to_the_node_count():
+# How a run ends: the 2024 ComfyUI sends ``executing`` with no node; today's sends
+# ``execution_success`` before it, and ComfyClient stops following at the first of the two.
+ENDINGS = {"2024": [("executing", {"node": None})], "today": [("execution_success", {})]}
+
+
+@pytest.mark.parametrize("ending", sorted(ENDINGS))
+def test_prompt_progress_rises_to_the_node_count(ending):
     prompt = load_workflow("talking_head")
     p = PromptProgress(prompt)
     events = [("execution_start", {}), ("execution_cached", {"nodes": ["3"]}), ("executing", {"node": "1"}),
               ("executing", {"node": "2"}), ("executing", {"node": "4"}),
               *[("progress", {"node": "4", "value": v, "max": 10}) for v in (1, 5, 10)],
               ("executing", {"node": "5"}), ("progress", {"node": "5", "value": 3, "max": 30}),
-              ("executing", {"node": None})]
+              *ENDINGS[ending]]
     seen = []
     for e in events:
         p.update(*e)
