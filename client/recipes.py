@@ -34,11 +34,6 @@ def installed(row: dict, object_info: dict | None) -> bool:
     return all(n in object_info for n in row.get("requires_nodes", []))
 
 
-def items(section: dict) -> dict:
-    """A table section without its ``_about`` notes."""
-    return without_notes(section)
-
-
 # -- make_video ---------------------------------------------------------------------------------
 
 def video_routes(table: dict, object_info: dict | None) -> list[dict]:
@@ -46,7 +41,7 @@ def video_routes(table: dict, object_info: dict | None) -> list[dict]:
 
 
 def voice_backends(table: dict, object_info: dict | None) -> dict[str, dict]:
-    return {k: v for k, v in items(table["video"]["voices"]).items()
+    return {k: v for k, v in without_notes(table["video"]["voices"]).items()
             if object_info is None or v["node"] in object_info}
 
 
@@ -72,7 +67,7 @@ def parse_voice(voice: str | None, table: dict, object_info: dict | None) -> tup
     backends = voice_backends(table, object_info)
     if not backends:
         raise UsageError("voice: no voice node is installed in this ComfyUI (none of "
-                         f"{', '.join(v['node'] for v in items(table['video']['voices']).values())})")
+                         f"{', '.join(v['node'] for v in without_notes(table['video']['voices']).values())})")
     text = (voice or "").strip()
     backend, _, name = text.partition(":") if ":" in text else ("", "", text)
     backend = backend.strip()
@@ -221,7 +216,7 @@ def splice_voice(prompt: dict, speech_node: str, row: dict, text: str, voice: st
 # -- design_avatar --------------------------------------------------------------------------------
 
 def avatar_generators(table: dict, object_info: dict | None) -> dict[str, dict]:
-    return {k: v for k, v in items(table["avatar"]["generators"]).items() if installed(v, object_info)}
+    return {k: v for k, v in without_notes(table["avatar"]["generators"]).items() if installed(v, object_info)}
 
 
 @dataclass
@@ -305,7 +300,7 @@ def workflow_tools(table: dict, object_info: dict | None) -> dict[str, dict]:
     """The table's extra tools whose nodes are all installed (never guessed without a server)."""
     if object_info is None:
         return {}
-    return {k: v for k, v in items(table.get("tools", {})).items() if installed(v, object_info)}
+    return {k: v for k, v in without_notes(table.get("tools", {})).items() if installed(v, object_info)}
 
 
 def tool_job(spec: dict, args: dict, *, policy: FilePolicy) -> tuple[PreparedPrompt, dict]:

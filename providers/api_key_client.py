@@ -21,7 +21,7 @@ class ApiKeyClient(HttpClient):
 
     def __init__(self, base_url: str, api_key: str | None, key_env: str, *,
                  user_dir: str | os.PathLike | None = None, headers: dict[str, str] | None = None, **kw):
-        self.key_env = key_env  # named in errors about a refused key
+        self.key_env = key_env  # where the key came from, for a caller's message about it
         key = resolve_api_key(api_key, key_env, user_dir, service=self.service)
         super().__init__(base_url, headers={self.auth_header: f"{self.auth_scheme}{key}", **(headers or {})},
                          secrets=[key], **kw)
